@@ -1,0 +1,1 @@
+//! asyncio.Future: `Promise<T>` (being written)
