@@ -79,7 +79,7 @@ impl TcpListener {
     /// Waits for a connection.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = Op::new(ops::Accept::new(self.sock.fd())).await?;
-        Ok((TcpStream::from_fd(fd), addr.to_inet()?))
+        Ok((TcpStream::from_fd(fd), addr.as_inet()?))
     }
 
     /// The connections, as a stream. On io_uring with multishot accept

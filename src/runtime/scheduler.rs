@@ -30,6 +30,8 @@ use crate::driver::Driver;
 use crate::task::raw::{self, PollOutcome, TaskRef};
 use crate::time::timers::Timers;
 
+pub(crate) type ExceptionHandler = Rc<dyn Fn(&ExceptionContext)>;
+
 /// Tasks polled per iteration before the loop looks at I/O again.
 const TASK_BUDGET: usize = 256;
 
@@ -121,7 +123,7 @@ pub(crate) struct LoopInner {
     pub(crate) running: Cell<bool>,
     pub(crate) debug: Cell<bool>,
     pub(crate) slow: Cell<Duration>,
-    pub(crate) exception_handler: RefCell<Option<Rc<dyn Fn(&ExceptionContext)>>>,
+    pub(crate) exception_handler: RefCell<Option<ExceptionHandler>>,
     pub(crate) current_task: Cell<Option<u64>>,
 }
 

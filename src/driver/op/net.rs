@@ -75,7 +75,7 @@ impl RawAddr {
         r
     }
 
-    pub(crate) fn to_inet(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn as_inet(&self) -> io::Result<SocketAddr> {
         match self.storage.ss_family as libc::c_int {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
@@ -129,7 +129,7 @@ pub(crate) fn sock_name(fd: RawFd, peer: bool) -> io::Result<SocketAddr> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
-    a.to_inet()
+    a.as_inet()
 }
 
 /// Makes a non-blocking, close-on-exec socket.
@@ -782,7 +782,7 @@ impl<B: IoBufMut> OpCode for RecvFrom<B> {
             Ok(n) => {
                 buf::advance(&mut self.buf, n);
                 self.addr.len = self.msg.msg_namelen;
-                let r = self.addr.to_inet().map(|a| (n, a));
+                let r = self.addr.as_inet().map(|a| (n, a));
                 (r, self.buf)
             }
             Err(e) => (Err(e), self.buf),
