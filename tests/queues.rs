@@ -510,3 +510,52 @@ fn get_error_conversions() {
     assert!(full.get_ref().unwrap().is::<QueueFull>());
     assert_eq!(format!("{:?}", PutError::ShutDown(1)), "ShutDown(..)");
 }
+
+#[test]
+fn no_item_or_wake_up_lost_under_cancellation_churn() {
+    run(async {
+        let q = Queue::new(2);
+        let got = log();
+        let consumers: Vec<_> = (0..8)
+            .map(|_| {
+                let (q, got) = (q.clone(), got.clone());
+                spawn(async move {
+                    while let Ok(item) = q.get().await {
+                        got.borrow_mut().push(item);
+                        yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let q = q.clone();
+                spawn(async move {
+                    for i in 0..25 {
+                        q.put(p * 100 + i).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for (i, c) in consumers.iter().enumerate() {
+            yield_now().await;
+            if i % 2 == 0 {
+                c.cancel();
+            }
+        }
+        for p in producers {
+            p.await.unwrap();
+        }
+        q.shutdown(false);
+        for c in consumers {
+            let _ = c.await;
+        }
+        let mut got = got.borrow().clone();
+        got.sort();
+        let mut want: Vec<i32> = (0..4)
+            .flat_map(|p| (0..25).map(move |i| p * 100 + i))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    });
+}

@@ -752,3 +752,84 @@ fn barrier_released_waiters_keep_their_result_after_abort() {
 fn barrier_with_zero_parties_panics() {
     let _ = Barrier::new(0);
 }
+
+// ---------------------------------------------------------------- churn
+
+#[test]
+fn semaphore_loses_no_permit_under_cancellation_churn() {
+    run(async {
+        let sem = Rc::new(Semaphore::new(2));
+        let done = Rc::new(Cell::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let (sem, done) = (sem.clone(), done.clone());
+            tasks.push(spawn(async move {
+                let _p = sem.acquire().await;
+                for _ in 0..(i % 3) {
+                    yield_now().await;
+                }
+                done.set(done.get() + 1);
+            }));
+        }
+        // Cancel every third task, at different moments of its life.
+        for (i, t) in tasks.iter().enumerate() {
+            if i % 3 == 0 {
+                t.cancel();
+            }
+            if i % 4 == 0 {
+                yield_now().await;
+            }
+        }
+        let mut cancelled = 0;
+        for t in tasks {
+            if t.await.is_err() {
+                cancelled += 1;
+            }
+        }
+        assert_eq!(done.get() + cancelled, 30);
+        assert_eq!(sem.available_permits(), 2);
+    });
+}
+
+struct Leave(Rc<Cell<bool>>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+#[test]
+fn lock_is_free_after_cancellation_churn() {
+    run(async {
+        let lock = Rc::new(Lock::new());
+        let inside = Rc::new(Cell::new(false));
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            tasks.push(spawn(async move {
+                let _g = lock.lock().await;
+                assert!(!inside.replace(true), "two tasks inside the lock");
+                // Leaves (before the guard unlocks) even if cancelled here.
+                let _leave = Leave(inside);
+                for _ in 0..(i % 3) {
+                    yield_now().await;
+                }
+            }));
+        }
+        for (i, t) in tasks.iter().enumerate() {
+            if i % 3 == 1 {
+                t.cancel();
+            }
+            if i % 5 == 0 {
+                yield_now().await;
+            }
+        }
+        for t in tasks {
+            if let Err(e) = t.await {
+                assert!(e.is_cancelled());
+            }
+        }
+        assert!(!lock.locked());
+    });
+}
