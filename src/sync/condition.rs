@@ -125,15 +125,21 @@ impl Condition {
     ///
     /// # Panics
     /// If `guard` belongs to a lock other than this condition's.
-    pub async fn wait_for<'a>(
+    pub fn wait_for<'a>(
         &'a self,
         mut guard: LockGuard<'a>,
         mut predicate: impl FnMut() -> bool,
-    ) -> LockGuard<'a> {
-        while !predicate() {
-            guard = self.wait(guard).await;
+    ) -> impl Future<Output = LockGuard<'a>> {
+        assert!(
+            std::ptr::eq(guard.lock, Rc::as_ptr(&self.lock)),
+            "Condition::wait_for: the guard is for a different lock"
+        );
+        async move {
+            while !predicate() {
+                guard = self.wait(guard).await;
+            }
+            guard
         }
-        guard
     }
 
     /// Wakes up to `n` waiting tasks, longest-waiting first.
