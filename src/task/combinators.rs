@@ -1,0 +1,1 @@
+//! gather, wait, as_completed, shield (being written)

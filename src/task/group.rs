@@ -1,0 +1,1 @@
+//! TaskGroup (being written)
