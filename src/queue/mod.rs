@@ -20,7 +20,7 @@
 //! - [`stream`](Queue::stream) consumes the queue as a
 //!   [`Stream`](futures_core::Stream) that ends at shutdown once empty.
 //!
-//! ```no_run
+//! ```
 //! use uringio::queue::Queue;
 //! uringio::run(async {
 //!     let q = Queue::new(2);

@@ -32,7 +32,7 @@ use super::waiters::{WaitList, wake_all};
 /// guard proves nothing about who holds it); as in asyncio, call them while
 /// holding it so that the state you changed and the notification go together.
 ///
-/// ```no_run
+/// ```
 /// use std::cell::Cell;
 /// use std::rc::Rc;
 /// use uringio::sync::Condition;

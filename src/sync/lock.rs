@@ -22,7 +22,7 @@ use super::waiters::WaitList;
 /// need exclusive access. `Lock` is a plain `!Send` struct: share it between
 /// tasks with `Rc<Lock>`.
 ///
-/// ```no_run
+/// ```
 /// use std::rc::Rc;
 /// uringio::run(async {
 ///     let lock = Rc::new(uringio::sync::Lock::new());
