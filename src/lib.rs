@@ -34,6 +34,7 @@ pub mod future;
 pub mod net;
 pub mod queue;
 pub mod runtime;
+pub mod signal;
 pub mod sync;
 pub mod task;
 pub mod time;

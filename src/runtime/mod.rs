@@ -455,6 +455,26 @@ impl EventLoop {
         .await
     }
 
+    /// Calls `f` (with `call_soon`) each time the loop receives signal
+    /// `sig`, replacing the handler `sig` had (`loop.add_signal_handler`).
+    /// `sig` is blocked on this thread meanwhile; see [`crate::signal`] for
+    /// how delivery works and what other threads should do.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a number that is not a signal or cannot be handled
+    /// (`SIGKILL`, `SIGSTOP`, `SIGSEGV`, …); an error if the signalfd cannot
+    /// be created or the loop is closed.
+    pub fn add_signal_handler(&self, sig: i32, f: impl Fn() + 'static) -> io::Result<()> {
+        crate::signal::add_handler(&self.inner, sig, Rc::new(f))
+    }
+
+    /// Removes the handler of `sig`; returns whether there was one. When
+    /// nothing else on the loop handles `sig`, the thread's mask is
+    /// restored and the signal has its usual effect again.
+    pub fn remove_signal_handler(&self, sig: i32) -> bool {
+        crate::signal::remove_handler(&self.inner, sig)
+    }
+
     /// Sets the handler for errors nobody else sees (unretrieved task
     /// panics and the like). Without one they are logged.
     pub fn set_exception_handler(&self, f: impl Fn(&ExceptionContext) + 'static) {

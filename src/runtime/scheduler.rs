@@ -125,6 +125,7 @@ pub(crate) struct LoopInner {
     pub(crate) slow: Cell<Duration>,
     pub(crate) exception_handler: RefCell<Option<ExceptionHandler>>,
     pub(crate) current_task: Cell<Option<u64>>,
+    pub(crate) signals: crate::signal::LoopSignals,
 }
 
 impl LoopInner {
@@ -148,6 +149,7 @@ impl LoopInner {
             slow: Cell::new(settings.slow),
             exception_handler: RefCell::new(None),
             current_task: Cell::new(None),
+            signals: Default::default(),
         })
     }
 
@@ -425,6 +427,7 @@ pub(crate) fn run_until_stopped(inner: &Rc<LoopInner>) {
 /// Enters the loop's context to tear it down: cancel the tasks and let the
 /// driver settle.
 pub(crate) fn shutdown(inner: &Rc<LoopInner>) {
+    inner.signals.close();
     match context::enter(inner) {
         Ok(_g) => inner.cancel_all(),
         Err(_) => inner.cancel_all(),

@@ -19,6 +19,7 @@
 
 pub(crate) mod fs;
 pub(crate) mod net;
+pub(crate) mod signal;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
