@@ -276,11 +276,10 @@ impl LoopInner {
             }
         }
         // 3. how long may we sleep?
-        let busy = !self.ready.borrow().is_empty()
-            || !self.callbacks.borrow().is_empty()
-            || self.stopping.get()
-            || self.shared.stop.load(Ordering::Relaxed)
-            || main_ready();
+        // (A pending `stop()` counts only for `run_forever`, through
+        // `main_ready`: inside `run(fut)` it must not turn into a busy wait.)
+        let busy =
+            !self.ready.borrow().is_empty() || !self.callbacks.borrow().is_empty() || main_ready();
         let timeout = if busy {
             Some(Duration::ZERO)
         } else {
@@ -410,9 +409,11 @@ pub(crate) fn run_until_stopped(inner: &Rc<LoopInner>) {
         Err(msg) => panic!("{msg}"),
     };
     inner.running.set(true);
-    inner.stopping.set(false);
+    // A `stop()` made before `run_forever` is kept: like asyncio, the loop
+    // then runs one iteration (I/O polled with a zero timeout) and returns.
+    let stop_pending = || inner.stopping.get() || inner.shared.stop.load(Ordering::Relaxed);
     loop {
-        if let Err(e) = inner.run_once(&|| false) {
+        if let Err(e) = inner.run_once(&stop_pending) {
             inner.running.set(false);
             panic!("uringio: the driver failed: {e}");
         }
