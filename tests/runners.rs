@@ -115,6 +115,7 @@ fn runner_is_reusable_and_keeps_its_state() {
         let c = counter.clone();
         // A task spawned in the first run, left pending, finishes in the
         // second: tasks live as long as the Runner.
+        #[allow(clippy::async_yields_async)]
         let task = r.run(async move {
             uringio::spawn(async move {
                 for _ in 0..3 {
