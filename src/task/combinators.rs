@@ -1,8 +1,8 @@
-//! Running many futures at once: [`gather`] / [`gather!`](crate::gather),
+//! Running many futures at once: [`gather()`] / [`gather!`](crate::gather),
 //! [`wait`], [`as_completed`] and [`shield`] (asyncio's functions of the
 //! same names).
 //!
-//! [`gather`] and [`as_completed`] poll their futures in place, inside the
+//! [`gather()`] and [`as_completed`] poll their futures in place, inside the
 //! task that awaits them (no task per future, so borrowed futures work). To
 //! avoid re-polling every future on every wake-up, each future gets its own
 //! waker that queues its index and wakes the awaiting task; a poll then
@@ -155,7 +155,7 @@ impl<F: Future> FutureSet<F> {
 /// `'static`; a panic in one propagates out of `gather`. For a fixed set of
 /// futures of different types, use [`gather!`](crate::gather).
 ///
-/// ```no_run
+/// ```
 /// use uringio::task::gather;
 /// uringio::run(async {
 ///     let out = gather((1..=3).map(|i| async move { i * 10 })).await;
@@ -172,7 +172,7 @@ where
     Gather { set, results }
 }
 
-/// The future returned by [`gather`].
+/// The future returned by [`gather()`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Gather<F: Future> {
     set: FutureSet<F>,
@@ -217,10 +217,10 @@ impl<F: Future> Future for Gather<F> {
 ///
 /// The expressions are evaluated at once, in order; the futures are polled
 /// in place inside the awaiting task (no spawning, no boxing), so they may
-/// borrow. Like [`task::gather`](crate::task::gather), the result is a
+/// borrow. Like [`task::gather`](crate::task::gather()), the result is a
 /// future to `.await`. Also reachable as `uringio::task::gather!`.
 ///
-/// ```no_run
+/// ```
 /// uringio::run(async {
 ///     let (a, b) = uringio::gather!(async { 1 }, async { "two" }).await;
 ///     assert_eq!((a, b), (1, "two"));
@@ -397,8 +397,10 @@ fn condition_met<T>(tasks: &[Task<T>], when: ReturnWhen) -> bool {
 }
 
 /// The task panicked or was cancelled: awaiting it gives a `JoinError`.
+/// (`wait` owns the tasks and never takes their output, so a panic is still
+/// in the task's cell.)
 fn ended_with_join_error<T>(t: &Task<T>) -> bool {
-    t.is_finished() && (t.is_cancelled() || t.is_panicked())
+    t.is_finished() && (t.is_cancelled() || t.join.unretrieved_panic().is_some())
 }
 
 // ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ use std::task::{Context, Poll, Waker};
 use slab::Slab;
 
 use crate::error::{JoinError, TaskFailure, TaskGroupError};
-use crate::task::{Task, spawn};
+use crate::task::{Task, TaskId, spawn};
 
 /// Why awaiting a [`GroupTask`] gave no value.
 ///
@@ -274,7 +274,7 @@ where
 
 /// Structured concurrency (`asyncio.TaskGroup`).
 ///
-/// ```no_run
+/// ```
 /// use uringio::task::TaskGroup;
 /// uringio::run(async {
 ///     let mut tg = TaskGroup::new();
@@ -507,6 +507,11 @@ impl<T> GroupTask<T> {
             Some(t) => t.is_finished(),
             None => true,
         }
+    }
+
+    /// The task's id; `None` if the group refused the task (it never ran).
+    pub fn id(&self) -> Option<TaskId> {
+        self.task.as_ref().map(|t| t.id())
     }
 
     /// True if the task ended by cancellation (or was refused by the group).
