@@ -51,7 +51,7 @@ struct Inner<T> {
 /// [`wait`](Self::wait), each getting a clone of the value. A `Promise` can
 /// also be awaited directly: `promise.await` is `promise.wait().await`.
 ///
-/// ```no_run
+/// ```
 /// use uringio::future::Promise;
 /// uringio::run(async {
 ///     let p = Promise::new();
