@@ -194,8 +194,6 @@ fn dropping_an_unjoined_group_cancels_its_tasks() {
 }
 
 #[test]
-#[ignore = "segfaults until task/raw.rs drops a cancelled task's future in place \
-            instead of moving it out of its pinned cell first (fix sent to the lead)"]
 fn cancelling_the_joiner_cancels_the_group() {
     run_test(async {
         let dropped = Rc::new(Cell::new(false));
