@@ -19,9 +19,7 @@ use std::task::{Context, Poll};
 
 pub use crate::error::JoinError;
 pub use crate::runtime::{TaskInfo, TaskState};
-#[allow(unused_imports)]
 pub use combinators::*;
-#[allow(unused_imports)]
 pub use group::*;
 
 use crate::runtime::context;

@@ -383,12 +383,27 @@ unsafe fn poll_impl<F: Future>(ptr: NonNull<Header>) -> PollOutcome {
         }
         Err(payload) => {
             // Drop the future that panicked, catching a second panic.
-            let old = std::mem::replace(stage, Stage::Consumed);
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+            // SAFETY: owner thread, no other borrow of the stage.
+            unsafe { drop_stage_in_place(stage) };
             finish(c, Err(JoinError::panic(payload)), false);
             PollOutcome::Complete
         }
     }
+}
+
+/// Drops the stage where it lies (a running future is pinned: moving it out
+/// first would break its self-references), then marks it consumed. A
+/// destructor that panics must not take the loop down.
+///
+/// # Safety
+/// Owner thread; no other borrow of the stage.
+unsafe fn drop_stage_in_place<F: Future>(stage: &mut Stage<F>) {
+    let p: *mut Stage<F> = stage;
+    // SAFETY: `p` is valid and the value is dropped exactly once; it is
+    // overwritten right after without being read or dropped again.
+    let _ = catch_unwind(AssertUnwindSafe(|| unsafe { std::ptr::drop_in_place(p) }));
+    // SAFETY: `p` is valid for writes; the old value was dropped above.
+    unsafe { std::ptr::write(p, Stage::Consumed) };
 }
 
 unsafe fn cancel_now_impl<F: Future>(ptr: NonNull<Header>) {
@@ -399,9 +414,8 @@ unsafe fn cancel_now_impl<F: Future>(ptr: NonNull<Header>) {
     }
     // SAFETY: owner thread and not running, so no other borrow of the stage.
     let stage = unsafe { &mut *c.stage.get() };
-    let old = std::mem::replace(stage, Stage::Consumed);
-    // A future whose destructor panics must not take the loop down.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+    // SAFETY: as above.
+    unsafe { drop_stage_in_place(stage) };
     finish(c, Err(JoinError::cancelled()), true);
 }
 
@@ -438,8 +452,8 @@ unsafe fn drop_stage_impl<F: Future>(ptr: NonNull<Header>) {
     let c = unsafe { cell::<F>(ptr) };
     // SAFETY: as above.
     let stage = unsafe { &mut *c.stage.get() };
-    let old = std::mem::replace(stage, Stage::Consumed);
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+    // SAFETY: owner thread, no other borrow of the stage.
+    unsafe { drop_stage_in_place(stage) };
 }
 
 unsafe fn panic_message_impl<F: Future>(ptr: NonNull<Header>) -> Option<String> {
