@@ -512,3 +512,70 @@ fn many_tasks_finish() {
         assert!(t0.elapsed() < Duration::from_secs(10));
     });
 }
+
+// ---- loop efficiency ----
+
+#[test]
+fn a_busy_loop_does_not_enter_the_kernel_every_iteration() {
+    on_both(10, |b| async move {
+        let before = uringio::driver::stats().enter_calls;
+        let rounds = 10_000;
+        // The main future of run() yields: one loop iteration each time
+        // (ready tasks, by contrast, may be polled again in the same
+        // iteration, up to the budget).
+        for _ in 0..rounds {
+            yield_now().await;
+        }
+        let enters = uringio::driver::stats().enter_calls - before;
+        assert!(
+            enters < rounds / 10,
+            "{enters} driver parks for {rounds} iterations on {b}"
+        );
+    });
+}
+
+#[test]
+fn a_busy_task_does_not_starve_io() {
+    on_both(10, |b| async move {
+        let busy = spawn(async {
+            loop {
+                yield_now().await;
+            }
+        });
+        let rx = uringio::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = uringio::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            let (res, _) = tx.send_to(b"x".to_vec(), to).await;
+            res.unwrap();
+            let (res, _) = rx.recv(Vec::with_capacity(8)).await;
+            assert_eq!(res.unwrap(), 1);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "100 round trips took {:?} beside a busy task on {b}",
+            t0.elapsed()
+        );
+        busy.cancel();
+    });
+}
+
+#[test]
+fn timers_microseconds_apart_share_a_wake_up() {
+    on_both(10, |b| async move {
+        let before = uringio::driver::stats().enter_calls;
+        // 2,000 sleeps over 20 distinct milliseconds, each deadline a few
+        // nanoseconds to microseconds after the previous one.
+        let ts: Vec<_> = (0..2_000u64)
+            .map(|i| spawn(sleep(Duration::from_millis(1 + i % 20))))
+            .collect();
+        let t0 = Instant::now();
+        for t in ts {
+            t.await.unwrap();
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(19));
+        let enters = uringio::driver::stats().enter_calls - before;
+        assert!(enters < 200, "{enters} wake-ups for 20 distinct ms on {b}");
+    });
+}

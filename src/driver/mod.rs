@@ -218,6 +218,15 @@ impl Driver {
         Ok(())
     }
 
+    /// Whether the kernel has something for us or we for it (io_uring:
+    /// unsubmitted SQEs or unreaped CQEs), so a busy loop must still park.
+    pub(crate) fn has_queued_work(&self) -> bool {
+        match &mut *self.inner.borrow_mut() {
+            Backends::Uring(u) => u.has_queued_work(),
+            Backends::Epoll(_) => false,
+        }
+    }
+
     /// Called on the loop thread when the blocking pool finished op `key`.
     pub(crate) fn complete_blocking(&self, key: usize, res: io::Result<usize>) {
         let garbage = match &mut *self.inner.borrow_mut() {

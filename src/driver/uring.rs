@@ -434,6 +434,11 @@ impl Uring {
         Ok(())
     }
 
+    /// Unsubmitted SQEs or unreaped CQEs.
+    pub(crate) fn has_queued_work(&mut self) -> bool {
+        !self.ring.submission().is_empty() || !self.ring.completion().is_empty()
+    }
+
     /// Submits, waits up to `timeout`, dispatches completions. Returns the
     /// abandoned ops' data whose completions arrived, to drop.
     pub(crate) fn park(

@@ -126,6 +126,8 @@ pub(crate) struct LoopInner {
     pub(crate) exception_handler: RefCell<Option<ExceptionHandler>>,
     pub(crate) current_task: Cell<Option<u64>>,
     pub(crate) signals: crate::signal::LoopSignals,
+    /// Tasks and callbacks run since the driver was last parked.
+    since_park: Cell<usize>,
 }
 
 impl LoopInner {
@@ -150,6 +152,7 @@ impl LoopInner {
             exception_handler: RefCell::new(None),
             current_task: Cell::new(None),
             signals: Default::default(),
+            since_park: Cell::new(0),
         })
     }
 
@@ -257,6 +260,7 @@ impl LoopInner {
         }
         // 2. callbacks queued before this step.
         let n = self.callbacks.borrow().len();
+        self.since_park.set(self.since_park.get() + polled + n);
         for _ in 0..n {
             let cb = self.callbacks.borrow_mut().pop_front();
             let Some(cb) = cb else { break };
@@ -288,10 +292,24 @@ impl LoopInner {
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()))
         };
-        // 4. submit + wait, one system call.
-        self.driver.park(timeout)?;
+        // 4. submit + wait, one system call. While the loop is busy with
+        // nothing queued for the kernel, a zero-timeout park is skipped until
+        // TASK_BUDGET tasks and callbacks have run since the last one (as
+        // tokio's `event_interval`): a task ping-pong then costs no system
+        // call per round, and I/O is still looked at within that budget.
+        let skip = busy && self.since_park.get() < TASK_BUDGET && !self.driver.has_queued_work();
+        if !skip {
+            self.since_park.set(0);
+            self.driver.park(timeout)?;
+        }
         // 5. timers.
-        let due = self.timers.borrow_mut().expire(Instant::now());
+        let due = {
+            let mut timers = self.timers.borrow_mut();
+            match timers.next_deadline() {
+                Some(_) => timers.expire(Instant::now()),
+                None => Vec::new(),
+            }
+        };
         for d in due {
             d.run();
         }

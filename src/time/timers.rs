@@ -4,10 +4,19 @@
 //! `epoll_wait`) until the earliest deadline, then fires everything due.
 //! Keys are `(deadline, sequence)`, so timers with the same deadline fire in
 //! the order they were set.
+//!
+//! The loop wakes on a grid of [`GRANULARITY`] (1 ms, as epoll's timeout and
+//! tokio's wheel): [`Timers::next_deadline`] rounds the earliest deadline up
+//! to the next grid point, so timers a few microseconds apart fire in one
+//! wake-up instead of one each. A timer never fires early; it may fire up to
+//! one granularity late.
 
 use std::collections::BTreeMap;
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The resolution the loop sleeps with (see the module docs).
+pub(crate) const GRANULARITY: Duration = Duration::from_millis(1);
 
 pub(crate) type TimerKey = (Instant, u64);
 
@@ -31,10 +40,21 @@ impl Due {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Timers {
     map: BTreeMap<TimerKey, Entry>,
     seq: u64,
+    /// The origin of the wake-up grid.
+    origin: Instant,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            map: BTreeMap::new(),
+            seq: 0,
+            origin: Instant::now(),
+        }
+    }
 }
 
 impl Timers {
@@ -74,8 +94,16 @@ impl Timers {
         self.map.remove(&k).is_some()
     }
 
+    /// When the loop should wake for the earliest timer: its deadline
+    /// rounded up to the wake-up grid.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.map.first_key_value().map(|(k, _)| k.0)
+        let at = self.map.first_key_value()?.0.0;
+        let Some(since) = at.checked_duration_since(self.origin) else {
+            return Some(at);
+        };
+        let g = GRANULARITY.as_nanos();
+        let up = since.as_nanos().div_ceil(g) * g;
+        Some(self.origin + Duration::from_nanos(up.min(u64::MAX as u128) as u64))
     }
 
     /// Removes every timer due at `now`, in deadline order.
