@@ -75,7 +75,7 @@ impl RawAddr {
         r
     }
 
-    pub(crate) fn to_inet(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn to_inet(self) -> io::Result<SocketAddr> {
         match self.storage.ss_family as libc::c_int {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
@@ -524,6 +524,14 @@ impl<B: IoBufMut> ReadV<B> {
 
 impl<B: IoBufMut> OpCode for ReadV<B> {
     type Output = crate::BufResult<usize, Vec<B>>;
+
+    fn check(&self) -> io::Result<()> {
+        // Zero spare capacity would read 0 bytes: a false end of stream.
+        if self.iov.iter().all(|v| v.iov_len == 0) {
+            return Err(crate::net::no_spare_capacity());
+        }
+        Ok(())
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         opcode::Readv::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
