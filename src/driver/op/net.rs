@@ -271,6 +271,17 @@ impl OpCode for Accept {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         Ok((fd, self.addr))
     }
+
+    fn discard_result(res: i32) {
+        close_unclaimed(res);
+    }
+}
+
+/// Closes a descriptor an op produced after its future was dropped.
+pub(crate) fn close_unclaimed(fd: i32) {
+    // SAFETY: the kernel handed this new descriptor to an op whose future
+    // is gone; nobody else has it.
+    unsafe { libc::close(fd) };
 }
 
 /// Multishot accept (io_uring 5.19+): one SQE, a CQE per connection.
