@@ -497,3 +497,48 @@ fn dropped_file_reads_on_both_backends() {
         f.close().await.unwrap();
     });
 }
+
+#[test]
+fn dropping_a_runner_with_tasks_blocked_in_io() {
+    let _g = serial();
+    for b in common::BACKENDS {
+        let dir = TempDir::new(&format!("cancel-runner-{b}"));
+        std::fs::write(dir.path("f"), vec![1u8; 1 << 20]).unwrap();
+        let fds_before = open_fds();
+        let t0 = std::time::Instant::now();
+        {
+            let mut r = common::runner(b);
+            let path = dir.path("f");
+            r.run(async move {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                for (c, s) in pairs(&l, 300).await {
+                    uringio::spawn(async move {
+                        let _peer = s;
+                        let _ = c.read(Vec::with_capacity(64)).await;
+                    })
+                    .detach();
+                }
+                // A pending accept, and file reads in flight (the pool on
+                // epoll).
+                uringio::spawn(async move {
+                    let _ = l.accept().await;
+                })
+                .detach();
+                let f = Rc::new(uringio::fs::File::open(&path).await.unwrap());
+                for i in 0..32u64 {
+                    let f = f.clone();
+                    uringio::spawn(async move {
+                        loop {
+                            let (res, _) = f.read_at(Vec::with_capacity(32768), i * 32768).await;
+                            res.unwrap();
+                        }
+                    })
+                    .detach();
+                }
+                settle().await;
+            });
+        } // the runner drops: every task is cancelled, the driver settles
+        assert!(t0.elapsed() < Duration::from_secs(10), "{b}: slow shutdown");
+        assert_eq!(open_fds(), fds_before, "{b}: descriptors leaked");
+    }
+}
