@@ -196,9 +196,17 @@ fn python_asyncio_clients_against_our_echo_server() {
             &[port.to_string(), CONNS.to_string(), BYTES.to_string()],
         );
         let status = py.exit().await;
-        assert!(status.success(), "{b}: python client failed: {}", py.stderr());
+        assert!(
+            status.success(),
+            "{b}: python client failed: {}",
+            py.stderr()
+        );
         let mut out = String::new();
-        py.0.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        py.0.stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert_eq!(out.trim(), format!("OK {CONNS}"));
         server.await.unwrap();
     });
