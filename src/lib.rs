@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! uringio::run(async {
-//!     let listener = uringio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+//!     let listener = uringio::net::TcpListener::bind("127.0.0.1:0").unwrap();
 //!     let addr = listener.local_addr().unwrap();
 //!     let client = uringio::spawn(async move {
 //!         let s = uringio::net::TcpStream::connect(addr).await.unwrap();

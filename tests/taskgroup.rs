@@ -348,6 +348,10 @@ fn nested_group_cancelled_with_its_parent() {
         });
         let err = outer.join().await.unwrap_err();
         assert_eq!(err.errors().copied().collect::<Vec<_>>(), ["outer boom"]);
+        // Dropping the inner group (with the cancelled outer task) requests
+        // the cancellation of its task; the loop carries it out when it next
+        // picks that task up, one iteration later.
+        uringio::yield_now().await;
         assert!(inner_dropped.get(), "the inner group's task was cancelled");
     });
 }

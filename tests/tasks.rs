@@ -332,13 +332,14 @@ fn call_soon_is_fifo_and_runs_after_ready_tasks() {
                 lp2.call_soon(move || l2.borrow_mut().push(format!("cb{i}")));
             }
             let l3 = l.clone();
-            // Ready in the same iteration as the callbacks were queued:
-            // runs before them.
+            // Spawned after the callbacks were queued: as in asyncio (where
+            // create_task schedules the first step with call_soon), its
+            // first poll comes after them, in the next iteration.
             spawn(async move { l3.borrow_mut().push("task".to_string()) }).detach();
         });
         t.await.unwrap();
         sleep(Duration::from_millis(2)).await;
-        assert_eq!(*log.borrow(), ["task", "cb0", "cb1", "cb2"]);
+        assert_eq!(*log.borrow(), ["cb0", "cb1", "cb2", "task"]);
 
         // A cancelled handle does not run.
         let hit = Rc::new(Cell::new(false));

@@ -13,11 +13,16 @@
 //! Running(waker) ──pool done──▶ Done(res) ──op polls──▶ removed
 //!      └─op dropped─▶ Abandoned(data) ──pool done──▶ removed, data freed
 //! ```
+//! A dropped op must not be performed later: its fd may be closed and the
+//! number reused by another file by then. So each job claims its op before
+//! running it ([`JobState`]); dropping the op skips a job still queued, and
+//! waits for one already inside its system call (a bounded file syscall)
+//! to return. After `abandon_blocking` no pool thread touches the op.
 
 use std::any::Any;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -38,9 +43,60 @@ struct FdState {
 }
 
 enum PoolSlot {
-    Running(Option<Waker>),
+    Running(Option<Waker>, Arc<JobState>),
     Done(io::Result<usize>),
-    Abandoned(Box<dyn Any>),
+    /// Dropped; the hook is given a successful result (an fd to close).
+    Abandoned(Box<dyn Any>, fn(i32)),
+}
+
+const QUEUED: u8 = 0;
+const PERFORMING: u8 = 1;
+const FINISHED: u8 = 2;
+const SKIPPED: u8 = 3;
+
+/// Where a pool job is, agreed between the loop and the pool thread.
+struct JobState {
+    state: Mutex<u8>,
+    finished: Condvar,
+}
+
+impl JobState {
+    fn new() -> Arc<JobState> {
+        Arc::new(JobState {
+            state: Mutex::new(QUEUED),
+            finished: Condvar::new(),
+        })
+    }
+
+    /// Pool side: may the op be performed (not dropped meanwhile)?
+    fn claim(&self) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *st == QUEUED {
+            *st = PERFORMING;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Pool side: the op's system call returned.
+    fn finish(&self) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = FINISHED;
+        self.finished.notify_all();
+    }
+
+    /// Loop side, the op is being dropped: skip it if it has not started,
+    /// else wait until its system call returned.
+    fn skip_or_wait(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *st == QUEUED {
+            *st = SKIPPED;
+            return;
+        }
+        while *st == PERFORMING {
+            st = self.finished.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 pub(crate) struct Epoll {
@@ -222,7 +278,10 @@ impl Epoll {
 
     /// Sends a blocking op to the pool; returns its slot key.
     pub(crate) fn submit_blocking<T: OpCode>(&mut self, ptr: *mut T, waker: &Waker) -> usize {
-        let key = self.blocking.insert(PoolSlot::Running(Some(waker.clone())));
+        let st = JobState::new();
+        let key = self
+            .blocking
+            .insert(PoolSlot::Running(Some(waker.clone()), st.clone()));
         let job = Job {
             ptr: ptr.cast(),
             run: run_op::<T>,
@@ -230,8 +289,15 @@ impl Epoll {
         let shared = self.shared.clone();
         self.pool.spawn(Box::new(move || {
             let job = job;
-            // SAFETY: see `Job`.
-            let res = unsafe { (job.run)(job.ptr) };
+            let res = if st.claim() {
+                // SAFETY: see `Job`; claimed, so the op was not dropped and
+                // will not be until `finish`.
+                let r = unsafe { (job.run)(job.ptr) };
+                st.finish();
+                r
+            } else {
+                Err(io::Error::from_raw_os_error(libc::ECANCELED))
+            };
             shared.push_call(Box::new(move || {
                 crate::runtime::context::try_with_driver(|d| d.complete_blocking(key, res));
             }));
@@ -246,7 +312,7 @@ impl Epoll {
         res: io::Result<usize>,
     ) -> Option<Box<dyn Any>> {
         match self.blocking.get_mut(key) {
-            Some(PoolSlot::Running(w)) => {
+            Some(PoolSlot::Running(w, _)) => {
                 let w = w.take();
                 self.blocking[key] = PoolSlot::Done(res);
                 if let Some(w) = w {
@@ -254,8 +320,13 @@ impl Epoll {
                 }
                 None
             }
-            Some(PoolSlot::Abandoned(_)) => match self.blocking.remove(key) {
-                PoolSlot::Abandoned(d) => Some(d),
+            Some(PoolSlot::Abandoned(..)) => match self.blocking.remove(key) {
+                PoolSlot::Abandoned(d, discard) => {
+                    if let Ok(n) = res {
+                        discard(n as i32);
+                    }
+                    Some(d)
+                }
                 _ => None,
             },
             _ => None,
@@ -268,7 +339,7 @@ impl Epoll {
                 PoolSlot::Done(r) => Poll::Ready(r),
                 _ => unreachable!(),
             },
-            Some(PoolSlot::Running(w)) => {
+            Some(PoolSlot::Running(w, _)) => {
                 match w {
                     Some(old) if old.will_wake(waker) => {}
                     _ => *w = Some(waker.clone()),
@@ -279,25 +350,22 @@ impl Epoll {
         }
     }
 
-    pub(crate) fn abandon_blocking(&mut self, key: usize, data: Box<dyn Any>) {
+    /// The op's future was dropped. On return no pool thread touches it
+    /// (see the module docs); its slot stays until the pool reports back,
+    /// so the key is not reused early. `discard` gets a successful result
+    /// nobody will take (an opened fd, to close).
+    pub(crate) fn abandon_blocking(&mut self, key: usize, data: Box<dyn Any>, discard: fn(i32)) {
         match self.blocking.get(key) {
-            Some(PoolSlot::Running(_)) => self.blocking[key] = PoolSlot::Abandoned(data),
+            Some(PoolSlot::Running(_, st)) => {
+                st.skip_or_wait();
+                self.blocking[key] = PoolSlot::Abandoned(data, discard);
+            }
             Some(PoolSlot::Done(_)) => {
-                self.blocking.remove(key);
+                if let PoolSlot::Done(Ok(n)) = self.blocking.remove(key) {
+                    discard(n as i32);
+                }
             }
             _ => {}
-        }
-    }
-}
-
-impl Drop for Epoll {
-    fn drop(&mut self) {
-        // A pool thread may still be writing into an abandoned op's buffers:
-        // leak those rather than free them.
-        for slot in self.blocking.drain() {
-            if let PoolSlot::Abandoned(d) = slot {
-                std::mem::forget(d);
-            }
         }
     }
 }

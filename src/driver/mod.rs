@@ -5,7 +5,7 @@
 //!                              └── epoll: T::perform() now; on EAGAIN wait for
 //!                                  readiness and retry; file ops on the blocking pool
 //! ```
-//! The loop sees only [`Driver`]: `park(timeout)` submits everything queued and
+//! The loop sees only `Driver`: `park(timeout)` submits everything queued and
 //! waits for completions in one system call. Ops find the driver of the loop
 //! they run on through the thread's loop context.
 //!

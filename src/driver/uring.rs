@@ -12,6 +12,15 @@
 //! Multi{queue} ──CQE with F_MORE──▶ Multi{queue+1} ──CQE without──▶ ended
 //!      └─stream dropped─▶ MultiAbandoned + ASYNC_CANCEL ──final CQE──▶ removed
 //! ```
+//! ## Unsubmitted SQEs
+//! An op's SQE is held in `pending` until the next `park`, which hands all
+//! of them to the kernel in the same `io_uring_enter` that waits. An op
+//! dropped (or cancelled) before then is taken out of `pending` and never
+//! reaches the kernel. This matters because an SQE names its fd by number:
+//! had it been left in the ring, the fd could be closed and the number
+//! reused (a new connection, a new file) before the SQE was submitted, and
+//! the op would then act on the wrong descriptor. Once submitted, the
+//! request holds its own reference to the file, so closing the fd is safe.
 //! One `io_uring_enter` per loop iteration both submits and waits, with the
 //! timer deadline as an `EXT_ARG` timeout and `GETEVENTS` always set (needed
 //! with `DEFER_TASKRUN`, where completions are only posted on such an enter).
@@ -47,7 +56,9 @@ pub(crate) enum SetupError {
 enum Slot {
     Waiting(Option<Waker>),
     Done(i32, u32),
-    Abandoned(Box<dyn Any>),
+    /// Dropped in flight; the hook is given a successful result (to close
+    /// a descriptor nobody will take).
+    Abandoned(Box<dyn Any>, fn(i32)),
     Multi {
         queue: VecDeque<(i32, u32)>,
         waker: Option<Waker>,
@@ -66,7 +77,14 @@ pub(crate) struct Uring {
     sqpoll: bool,
     closing: bool,
     garbage: Vec<Box<dyn Any>>,
+    /// SQEs not yet handed to the kernel, with their slot keys (`None`:
+    /// taken back because the op went away first).
+    pending: Vec<Option<(usize, squeue::Entry)>>,
+    /// Slot key → index in `pending`, or `NOT_PENDING`.
+    pending_idx: Vec<usize>,
 }
+
+const NOT_PENDING: usize = usize::MAX;
 
 /// Required opcodes: without them `Auto` uses epoll.
 const REQUIRED: &[(u8, &str)] = &[
@@ -279,6 +297,8 @@ impl Uring {
                 sqpoll: cfg.sqpoll.is_some(),
                 closing: false,
                 garbage: Vec::new(),
+                pending: Vec::new(),
+                pending_idx: Vec::new(),
             },
             features,
         ))
@@ -305,14 +325,69 @@ impl Uring {
         }
     }
 
-    /// Queues an op's SQE; returns its slot key. A submission failure is
-    /// reported through the slot.
+    /// Holds `sqe` for op `key` until the next `park`.
+    fn enqueue(&mut self, key: usize, sqe: squeue::Entry) {
+        if self.pending_idx.len() <= key {
+            self.pending_idx.resize(key + 1, NOT_PENDING);
+        }
+        self.pending_idx[key] = self.pending.len();
+        self.pending.push(Some((key, sqe.user_data(key as u64))));
+    }
+
+    /// Takes op `key`'s SQE back if the kernel has not seen it yet.
+    fn unqueue(&mut self, key: usize) -> bool {
+        match self.pending_idx.get(key).copied() {
+            Some(i) if i != NOT_PENDING => {
+                self.pending[i] = None;
+                self.pending_idx[key] = NOT_PENDING;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Hands every held SQE to the ring. An SQE the ring refuses fails its
+    /// op with the error.
+    fn flush(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        for (key, sqe) in pending.into_iter().flatten() {
+            self.pending_idx[key] = NOT_PENDING;
+            if let Err(e) = self.push(sqe) {
+                self.fail(key, -e.raw_os_error().unwrap_or(libc::EIO));
+            }
+        }
+    }
+
+    /// Completes op `key` with `res` without the kernel.
+    fn fail(&mut self, key: usize, res: i32) {
+        match self.slots.get_mut(key) {
+            Some(Slot::Waiting(w)) => {
+                let w = w.take();
+                self.slots[key] = Slot::Done(res, 0);
+                if let Some(w) = w {
+                    w.wake();
+                }
+            }
+            Some(Slot::Multi {
+                queue,
+                waker,
+                ended,
+            }) => {
+                queue.push_back((res, 0));
+                *ended = true;
+                if let Some(w) = waker.take() {
+                    w.wake();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Queues an op's SQE (submitted at the next `park`); returns its slot
+    /// key. A submission failure is reported through the slot.
     pub(crate) fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> usize {
         let key = self.slots.insert(Slot::Waiting(Some(waker.clone())));
-        if let Err(e) = self.push(sqe.user_data(key as u64)) {
-            self.slots[key] = Slot::Done(-e.raw_os_error().unwrap_or(libc::EIO), 0);
-            waker.wake_by_ref();
-        }
+        self.enqueue(key, sqe);
         key
     }
 
@@ -323,10 +398,7 @@ impl Uring {
             waker: Some(waker.clone()),
             ended: false,
         });
-        if let Err(e) = self.push(sqe.user_data(key as u64)) {
-            self.slots.remove(key);
-            return Err(e);
-        }
+        self.enqueue(key, sqe);
         Ok(key)
     }
 
@@ -384,8 +456,16 @@ impl Uring {
                 }
             }
         }
+        let unsubmitted = self.unqueue(key);
         match self.slots.get(key) {
             Some(Slot::Multi { ended: true, .. }) => {
+                self.slots.remove(key);
+                if let Some(k) = keep {
+                    self.garbage.push(k);
+                }
+            }
+            Some(Slot::Multi { .. }) if unsubmitted => {
+                // The kernel never saw it.
                 self.slots.remove(key);
                 if let Some(k) = keep {
                     self.garbage.push(k);
@@ -400,23 +480,39 @@ impl Uring {
     }
 
     /// The op's future was dropped while in flight: keep its data until the
-    /// CQE, and ask the kernel to cancel it.
-    pub(crate) fn abandon(&mut self, key: usize, data: Box<dyn Any>) {
+    /// CQE, and ask the kernel to cancel it. An op the kernel has not seen
+    /// yet is simply forgotten. `discard` gets a successful result nobody
+    /// will take (an accepted or opened fd, to close).
+    pub(crate) fn abandon(&mut self, key: usize, data: Box<dyn Any>, discard: fn(i32)) {
+        let unsubmitted = self.unqueue(key);
         match self.slots.get(key) {
-            Some(Slot::Done(..)) => {
+            Some(Slot::Done(res, _)) => {
+                let res = *res;
+                self.slots.remove(key);
+                if res >= 0 {
+                    discard(res);
+                }
+                self.garbage.push(data);
+            }
+            Some(Slot::Waiting(_)) if unsubmitted => {
                 self.slots.remove(key);
                 self.garbage.push(data);
             }
             Some(Slot::Waiting(_)) => {
-                self.slots[key] = Slot::Abandoned(data);
+                self.slots[key] = Slot::Abandoned(data, discard);
                 self.cancel(key);
             }
             _ => self.garbage.push(data),
         }
     }
 
-    /// Queues an `ASYNC_CANCEL` for op `key`.
+    /// Cancels op `key`: one not submitted yet completes at once with
+    /// `ECANCELED`; otherwise an `ASYNC_CANCEL` is queued.
     pub(crate) fn cancel(&mut self, key: usize) {
+        if self.unqueue(key) {
+            self.fail(key, -libc::ECANCELED);
+            return;
+        }
         let sqe = opcode::AsyncCancel::new(key as u64)
             .build()
             .user_data(CANCEL_KEY);
@@ -436,7 +532,9 @@ impl Uring {
 
     /// Unsubmitted SQEs or unreaped CQEs.
     pub(crate) fn has_queued_work(&mut self) -> bool {
-        !self.ring.submission().is_empty() || !self.ring.completion().is_empty()
+        !self.pending.is_empty()
+            || !self.ring.submission().is_empty()
+            || !self.ring.completion().is_empty()
     }
 
     /// Submits, waits up to `timeout`, dispatches completions. Returns the
@@ -449,6 +547,7 @@ impl Uring {
         if !self.closing {
             self.arm_wake()?;
         }
+        self.flush();
         let mut timeout = timeout;
         loop {
             let to_submit = self.ring.submission().len() as u32;
@@ -538,8 +637,11 @@ impl Uring {
                         w.wake();
                     }
                 }
-                Slot::Abandoned(_) => {
-                    if let Slot::Abandoned(d) = self.slots.remove(key) {
+                Slot::Abandoned(..) => {
+                    if let Slot::Abandoned(d, discard) = self.slots.remove(key) {
+                        if res >= 0 {
+                            discard(res);
+                        }
                         self.garbage.push(d);
                     }
                 }
@@ -584,6 +686,11 @@ impl Uring {
 
 impl Drop for Uring {
     fn drop(&mut self) {
+        // SQEs the kernel never saw: nothing to wait for.
+        for (key, _) in std::mem::take(&mut self.pending).into_iter().flatten() {
+            self.pending_idx[key] = NOT_PENDING;
+            self.slots.try_remove(key);
+        }
         // Buffers of abandoned ops (and the eventfd read's buffer) may still
         // be written by the kernel: cancel everything and wait, bounded, for
         // the completions before freeing anything.

@@ -114,16 +114,29 @@ impl LoopHandle {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        let slot: Oneshot<Result<F::Output, JoinError>> = Oneshot::new();
-        let tx = slot.clone();
+        self.spawn_with(move || f)
+    }
+
+    /// Like [`spawn`](Self::spawn), for futures that are not `Send`: `make`
+    /// (which is `Send`) builds the future on the loop's thread. Any future
+    /// that holds uringio sockets, files or timers across an `await` is
+    /// `!Send`, so this is the usual way to hand I/O work to another loop.
+    pub fn spawn_with<M, Fut>(&self, make: M) -> RemoteTask<Fut::Output>
+    where
+        M: FnOnce() -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: Send + 'static,
+    {
+        let slot: Oneshot<Result<Fut::Output, JoinError>> = Oneshot::new();
+        // The guard travels with the work: if the loop drops it unrun (it
+        // closed), or cancels the task, the RemoteTask resolves as cancelled.
+        let guard = CloseOnDrop(slot.clone());
         self.shared.push_call(Box::new(move || {
             // Runs on the loop thread.
-            let task = crate::task::spawn(f);
-            let guard = CloseOnDrop(tx.clone());
+            let task = crate::task::spawn(make());
             crate::task::spawn(async move {
                 let r = task.await;
-                tx.set(r);
-                drop(guard);
+                guard.0.set(r);
             })
             .detach();
         }));

@@ -45,6 +45,8 @@ pub(crate) enum Remote {
 pub(crate) struct Shared {
     remote: Mutex<Vec<Remote>>,
     notified: AtomicBool,
+    /// The loop is closed: what is pushed now is dropped at once.
+    closed: AtomicBool,
     pub(crate) stop: AtomicBool,
     eventfd: OwnedFd,
 }
@@ -57,6 +59,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             remote: Mutex::new(Vec::new()),
             notified: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             eventfd: OwnedFd::from(fd),
         }))
@@ -75,11 +78,28 @@ impl Shared {
     }
 
     fn push(&self, r: Remote) {
-        self.remote
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(r);
-        self.notify();
+        {
+            let mut q = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            if !self.closed.load(Ordering::Acquire) {
+                q.push(r);
+                drop(q);
+                self.notify();
+                return;
+            }
+        }
+        // The loop is gone: drop the work here (a RemoteTask's guard inside
+        // it then resolves the task as cancelled).
+        drop(r);
+    }
+
+    /// Marks the loop closed and drops whatever was still queued.
+    pub(crate) fn close(&self) {
+        let left = {
+            let mut q = self.remote.lock().unwrap_or_else(|e| e.into_inner());
+            self.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *q)
+        };
+        drop(left);
     }
 
     /// Wakes the loop if it may be sleeping: one eventfd write per batch.
@@ -250,9 +270,12 @@ impl LoopInner {
     /// so the driver must not block.
     pub(crate) fn run_once(&self, main_ready: &dyn Fn() -> bool) -> io::Result<()> {
         self.drain_remote();
-        // 1. ready tasks, bounded.
+        // 1. the tasks that were ready when this step began (as asyncio's
+        //    `_run_once`): a task woken now, or yielding, runs in the next
+        //    iteration, after the callbacks and a look at I/O. Bounded.
+        let ready_now = self.ready.borrow().len().min(TASK_BUDGET);
         let mut polled = 0;
-        while polled < TASK_BUDGET {
+        while polled < ready_now {
             let next = self.ready.borrow_mut().pop_front();
             let Some(t) = next else { break };
             self.poll_task(t);
@@ -268,7 +291,18 @@ impl LoopInner {
                 continue;
             }
             let t0 = self.debug.get().then(Instant::now);
-            (cb.f)();
+            // A panicking callback is reported, not allowed to unwind out of
+            // the loop (asyncio logs it and goes on).
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cb.f)) {
+                let msg = crate::error::panic_message(p.as_ref())
+                    .unwrap_or("<non-string panic payload>")
+                    .to_string();
+                self.report(ExceptionContext {
+                    message: format!("Exception in callback: {msg}"),
+                    task_id: None,
+                    panic_message: Some(msg),
+                });
+            }
             if let Some(t0) = t0 {
                 let took = t0.elapsed();
                 if took >= self.slow.get() {
@@ -451,5 +485,6 @@ pub(crate) fn shutdown(inner: &Rc<LoopInner>) {
         Ok(_g) => inner.cancel_all(),
         Err(_) => inner.cancel_all(),
     }
+    inner.shared.close();
     inner.pool.shutdown();
 }

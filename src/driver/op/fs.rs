@@ -58,6 +58,10 @@ impl OpCode for OpenAt {
         // SAFETY: a fresh descriptor from the kernel.
         res.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
     }
+
+    fn discard_result(res: i32) {
+        super::net::close_unclaimed(res);
+    }
 }
 
 /// `statx` of an open fd (`AT_EMPTY_PATH`) or of a path.

@@ -74,6 +74,11 @@ pub(crate) trait OpCode: 'static {
 
     /// Turns the result into the output, handing buffers back.
     fn complete(self, res: io::Result<usize>, flags: u32) -> Self::Output;
+
+    /// Called with the successful result of an op whose future was dropped
+    /// before it could take it. Ops whose result is a new descriptor
+    /// (accept, openat) close it here; nothing else needs to.
+    fn discard_result(_res: i32) {}
 }
 
 enum State {
@@ -216,12 +221,15 @@ impl<T: OpCode> Op<T> {
                     };
                 }
                 State::Epoll => {
-                    if self.cancel_fired() {
-                        return Poll::Ready(self.finish(Err(ecanceled()), 0));
-                    }
+                    // A fired canceller still gets one try: what already
+                    // arrived is handed over rather than left behind.
+                    let fired = self.cancel_fired();
                     let data = self.data.as_mut().expect("op data");
                     let mode = data.mode();
                     match data.perform() {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock && fired => {
+                            return Poll::Ready(self.finish(Err(ecanceled()), 0));
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                             let (fd, write) = match mode {
                                 Mode::Readable(fd) => (fd, false),
@@ -274,8 +282,10 @@ impl<T: OpCode> Drop for Op<T> {
         match (state, &mut *driver.inner.borrow_mut()) {
             // The kernel or a pool thread still owns the buffers: park them in
             // the driver until the completion arrives.
-            (State::Uring(key), Backends::Uring(u)) => u.abandon(key, data),
-            (State::Pool(key), Backends::Epoll(e)) => e.abandon_blocking(key, data),
+            (State::Uring(key), Backends::Uring(u)) => u.abandon(key, data, T::discard_result),
+            (State::Pool(key), Backends::Epoll(e)) => {
+                e.abandon_blocking(key, data, T::discard_result)
+            }
             _ => {}
         }
     }

@@ -14,6 +14,10 @@ use io_uring::{opcode, squeue, types};
 use super::{Mode, OpCode};
 use crate::buf::{self, IoBuf, IoBufMut};
 
+/// The most one read or write moves (Linux's `MAX_RW_COUNT`); larger
+/// buffers are done in several ops (`write_all`) or partially.
+const MAX_RW: usize = 0x7fff_f000;
+
 fn cvt(r: isize) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -271,6 +275,17 @@ impl OpCode for Accept {
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         Ok((fd, self.addr))
     }
+
+    fn discard_result(res: i32) {
+        close_unclaimed(res);
+    }
+}
+
+/// Closes a descriptor an op produced after its future was dropped.
+pub(crate) fn close_unclaimed(fd: i32) {
+    // SAFETY: the kernel handed this new descriptor to an op whose future
+    // is gone; nobody else has it.
+    unsafe { libc::close(fd) };
 }
 
 /// Multishot accept (io_uring 5.19+): one SQE, a CQE per connection.
@@ -357,6 +372,7 @@ pub(crate) struct Read<B> {
 impl<B: IoBufMut> Read<B> {
     pub(crate) fn new(fd: RawFd, mut buf: B, offset: Option<u64>, socket: bool) -> Read<B> {
         let (ptr, len) = buf::spare(&mut buf);
+        let len = len.min(MAX_RW);
         Read {
             fd,
             buf,
@@ -436,6 +452,7 @@ pub(crate) struct Write<B> {
 impl<B: IoBuf> Write<B> {
     pub(crate) fn new(fd: RawFd, buf: B, offset: Option<u64>, socket: bool) -> Write<B> {
         let (ptr, len) = buf::init(&buf);
+        let len = len.min(MAX_RW);
         Write {
             fd,
             buf,
@@ -524,6 +541,14 @@ impl<B: IoBufMut> ReadV<B> {
 
 impl<B: IoBufMut> OpCode for ReadV<B> {
     type Output = crate::BufResult<usize, Vec<B>>;
+
+    fn check(&self) -> io::Result<()> {
+        // Zero spare capacity would read 0 bytes: a false end of stream.
+        if self.iov.iter().all(|v| v.iov_len == 0) {
+            return Err(crate::net::no_spare_capacity());
+        }
+        Ok(())
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         opcode::Readv::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
