@@ -1,0 +1,170 @@
+//! The receiving half: [`Receiver`], its [`RecvFuture`], and its `Stream`.
+//!
+//! The receiver keeps a private buffer (`local`): each time it runs dry it
+//! takes every queued message at once (see `chan.rs`), then pops from
+//! `local` without locking.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+
+use super::block::block_on;
+use super::chan::{Batch, Chan};
+use super::error::TryRecvError;
+
+/// The receiving half of a channel. There is exactly one (the channel is
+/// multi-producer, single-consumer): receiving takes `&mut self`. Move it to
+/// the thread or task that consumes; it is `Send` when `T: Send`.
+///
+/// Dropping it closes the channel: pending and later sends fail and give
+/// their value back, and queued messages are dropped.
+pub struct Receiver<T> {
+    chan: Arc<Chan<T>>,
+    /// The batch being consumed.
+    local: VecDeque<T>,
+    /// Messages popped from batches so far (wrapping); bounded channels only.
+    consumed: usize,
+}
+
+impl<T> Receiver<T> {
+    pub(super) fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
+        let local = VecDeque::with_capacity(chan.prealloc());
+        Receiver {
+            chan,
+            local,
+            consumed: 0,
+        }
+    }
+
+    /// Receives the next message, waiting while the channel is empty.
+    /// `None` once every [`Sender`](super::Sender) is dropped (or the channel
+    /// was [closed](Receiver::close)) and everything sent before has been
+    /// received.
+    ///
+    /// Cancellation-safe: dropping the future loses no message.
+    pub fn recv(&mut self) -> RecvFuture<'_, T> {
+        RecvFuture {
+            rx: self,
+            parked: false,
+        }
+    }
+
+    /// Receives a message if one is ready: [`TryRecvError::Empty`] when none
+    /// is, [`TryRecvError::Closed`] when none ever will be.
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        if let Some(v) = self.pop() {
+            return Ok(v);
+        }
+        match self.chan.take_batch(&mut self.local, None) {
+            Batch::Taken => self.pop().ok_or(TryRecvError::Empty),
+            Batch::Empty => Err(TryRecvError::Empty),
+            Batch::Closed => Err(TryRecvError::Closed),
+        }
+    }
+
+    /// Receives from a thread that runs no event loop, blocking the thread
+    /// while the channel is empty. Do not call it on a loop's thread.
+    pub fn recv_blocking(&mut self) -> Option<T> {
+        block_on(self.recv())
+    }
+
+    /// Polls for the next message, for hand-written futures: registers
+    /// `cx`'s waker when nothing is ready. [`recv`](Receiver::recv) and the
+    /// `Stream` impl are built on it.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(v) = self.pop() {
+            return Poll::Ready(Some(v));
+        }
+        match self.chan.take_batch(&mut self.local, Some(cx.waker())) {
+            Batch::Taken => Poll::Ready(self.pop()),
+            Batch::Empty => Poll::Pending,
+            Batch::Closed => Poll::Ready(None),
+        }
+    }
+
+    /// Closes the channel without dropping the receiver: every send fails
+    /// from now on (parked senders wake with the error), while messages
+    /// already queued can still be received, after which `recv` gives `None`.
+    pub fn close(&mut self) {
+        drop(self.chan.close_rx(false));
+    }
+
+    /// The channel's capacity, `None` for an unbounded one.
+    pub fn capacity(&self) -> Option<usize> {
+        self.chan.capacity()
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let v = self.local.pop_front()?;
+        if self.chan.is_bounded() {
+            self.consumed = self.consumed.wrapping_add(1);
+            self.chan.popped(self.consumed);
+        }
+        Some(v)
+    }
+}
+
+// Messages are only ever moved whole, never pinned in place.
+impl<T> Unpin for Receiver<T> {}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        // The queued messages are dropped here, with the lock released.
+        drop(self.chan.close_rx(true));
+    }
+}
+
+impl<T> Stream for Receiver<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("capacity", &self.chan.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future returned by [`Receiver::recv`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct RecvFuture<'a, T> {
+    rx: &'a mut Receiver<T>,
+    /// Our waker is (or may still be) stored in the channel.
+    parked: bool,
+}
+
+impl<T> Future for RecvFuture<'_, T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let res = self.rx.poll_recv(cx);
+        self.parked = res.is_pending();
+        res
+    }
+}
+
+impl<T> Drop for RecvFuture<'_, T> {
+    fn drop(&mut self) {
+        if self.parked {
+            self.rx.chan.unpark_receiver();
+        }
+    }
+}
+
+impl<T> fmt::Debug for RecvFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvFuture")
+            .field("parked", &self.parked)
+            .finish_non_exhaustive()
+    }
+}
