@@ -71,6 +71,18 @@ fn count_waker() -> (Arc<CountWaker>, Waker) {
 struct Opaque(u32);
 
 #[test]
+fn ends_are_thread_safe() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Sender<String>>();
+    send::<Receiver<String>>();
+    send::<channel::SendFuture<'static, String>>();
+    send::<channel::RecvFuture<'static, String>>();
+    send_sync::<SendError<String>>();
+    send_sync::<TrySendError<String>>();
+}
+
+#[test]
 fn fifo_order_bounded_and_unbounded() {
     block(async {
         for (tx, mut rx) in [channel::bounded::<u32>(1000), channel::unbounded()] {
@@ -417,6 +429,55 @@ fn loop_receiver_with_blocking_senders() {
     for p in producers {
         p.join().unwrap();
     }
+}
+
+#[test]
+fn cancelled_sends_under_load_lose_and_duplicate_nothing() {
+    // Two loops send through a tiny channel, abandoning any send that takes
+    // over 50 µs and retrying it; a third receives slowly. A cancelled send
+    // must never have sent, and no parked sender may be forgotten.
+    const N: u64 = 20_000;
+    let (tx, mut rx) = channel::bounded::<(u64, u64)>(2);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for p in 0..2u64 {
+        let tx = tx.clone();
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let cancels = block(async move {
+                let mut cancels = 0u64;
+                for i in 0..N {
+                    while timeout(Duration::from_micros(50), tx.send((p, i)))
+                        .await
+                        .is_err()
+                    {
+                        cancels += 1;
+                    }
+                }
+                cancels
+            });
+            let _ = done_tx.send(cancels);
+        });
+    }
+    drop(tx);
+    drop(done_tx);
+    let next = block(async move {
+        let mut next = [0u64; 2];
+        let mut n = 0u32;
+        while let Some((p, i)) = rx.recv().await {
+            assert_eq!(i, next[p as usize], "sender {p}: lost or duplicated");
+            next[p as usize] += 1;
+            n += 1;
+            if n % 16 == 0 {
+                yield_now().await;
+            }
+        }
+        next
+    });
+    assert_eq!(next, [N, N]);
+    let cancels: u64 = (0..2)
+        .map(|_| done_rx.recv_timeout(LIMIT).expect("sender thread hung"))
+        .sum();
+    eprintln!("{cancels} sends cancelled and retried");
 }
 
 /// 4 threads, one loop each; every thread sends `PER_THREAD` messages
