@@ -467,7 +467,7 @@ fn cancelled_sends_under_load_lose_and_duplicate_nothing() {
             assert_eq!(i, next[p as usize], "sender {p}: lost or duplicated");
             next[p as usize] += 1;
             n += 1;
-            if n % 16 == 0 {
+            if n.is_multiple_of(16) {
                 yield_now().await;
             }
         }

@@ -20,12 +20,14 @@
 //! - Wake-ups are plain [`std::task::Waker`]s. Waking a task of another loop
 //!   queues it there and wakes that loop (eventfd or io_uring message), so a
 //!   wake-up costs a syscall at most; the channel wakes the receiver only when
-//!   it is actually waiting, and a waiting sender only when a slot is free.
-//! - The receiver takes everything queued in one locked step and then
-//!   consumes it without locking, so a busy sender and receiver rarely touch
-//!   the same lock. A bounded channel allocates nothing per message.
+//!   it is actually waiting (once, however many messages follow), and a
+//!   waiting sender only when a slot has been freed.
+//! - Messages travel through the lock-free queues of [`std::sync::mpsc`],
+//!   used only through their non-blocking methods; this module adds the async
+//!   parking, closing and cancellation around them (see `chan.rs`). A bounded
+//!   channel allocates its `cap` slots up front and nothing per message.
 //!
-//! ```no_run
+//! ```
 //! use uringio::channel;
 //!
 //! let (tx, mut rx) = channel::bounded::<u64>(128);
@@ -62,15 +64,14 @@ pub use sender::{SendFuture, Sender};
 use chan::Chan;
 
 /// A channel holding at most `cap` messages that the receiver has not yet
-/// received; [`Sender::send`] waits while it is full.
+/// received; [`Sender::send`] waits while it is full. The `cap` slots are
+/// allocated up front.
 ///
 /// # Panics
 /// If `cap` is 0 (there is no rendezvous channel).
 pub fn bounded<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
     assert!(cap > 0, "channel::bounded: capacity must be at least 1");
-    // `usize::MAX` is how the core spells "unbounded"; nobody can tell the
-    // difference.
-    make(Some(cap).filter(|&c| c != usize::MAX))
+    make(Some(cap))
 }
 
 /// A channel without a capacity limit: [`Sender::send`] never waits.
@@ -79,11 +80,12 @@ pub fn unbounded<T: Send>() -> (Sender<T>, Receiver<T>) {
 }
 
 fn make<T>(cap: Option<usize>) -> (Sender<T>, Receiver<T>) {
-    let chan = Arc::new(Chan::new(cap));
+    let (chan, cursor) = Chan::new(cap);
+    let chan = Arc::new(chan);
     (
         Sender {
             chan: Arc::clone(&chan),
         },
-        Receiver::new(chan),
+        Receiver::new(chan, cursor),
     )
 }

@@ -1,10 +1,5 @@
 //! The receiving half: [`Receiver`], its [`RecvFuture`], and its `Stream`.
-//!
-//! The receiver keeps a private buffer (`local`): each time it runs dry it
-//! takes every queued message at once (see `chan.rs`), then pops from
-//! `local` without locking.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +9,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 
 use super::block::block_on;
-use super::chan::{Batch, Chan};
+use super::chan::{Chan, Cursor};
 use super::error::TryRecvError;
 
 /// The receiving half of a channel. There is exactly one (the channel is
@@ -25,20 +20,13 @@ use super::error::TryRecvError;
 /// their value back, and queued messages are dropped.
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
-    /// The batch being consumed.
-    local: VecDeque<T>,
-    /// Messages popped from batches so far (wrapping); bounded channels only.
-    consumed: usize,
+    /// Our place in the channel's storage.
+    cursor: Cursor<T>,
 }
 
 impl<T> Receiver<T> {
-    pub(super) fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
-        let local = VecDeque::with_capacity(chan.prealloc());
-        Receiver {
-            chan,
-            local,
-            consumed: 0,
-        }
+    pub(super) fn new(chan: Arc<Chan<T>>, cursor: Cursor<T>) -> Receiver<T> {
+        Receiver { chan, cursor }
     }
 
     /// Receives the next message, waiting while the channel is empty.
@@ -57,13 +45,10 @@ impl<T> Receiver<T> {
     /// Receives a message if one is ready: [`TryRecvError::Empty`] when none
     /// is, [`TryRecvError::Closed`] when none ever will be.
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        if let Some(v) = self.pop() {
-            return Ok(v);
-        }
-        match self.chan.take_batch(&mut self.local, None) {
-            Batch::Taken => self.pop().ok_or(TryRecvError::Empty),
-            Batch::Empty => Err(TryRecvError::Empty),
-            Batch::Closed => Err(TryRecvError::Closed),
+        match self.chan.poll_recv(&mut self.cursor, None) {
+            Poll::Ready(Some(v)) => Ok(v),
+            Poll::Ready(None) => Err(TryRecvError::Closed),
+            Poll::Pending => Err(TryRecvError::Empty),
         }
     }
 
@@ -77,35 +62,19 @@ impl<T> Receiver<T> {
     /// `cx`'s waker when nothing is ready. [`recv`](Receiver::recv) and the
     /// `Stream` impl are built on it.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(v) = self.pop() {
-            return Poll::Ready(Some(v));
-        }
-        match self.chan.take_batch(&mut self.local, Some(cx.waker())) {
-            Batch::Taken => Poll::Ready(self.pop()),
-            Batch::Empty => Poll::Pending,
-            Batch::Closed => Poll::Ready(None),
-        }
+        self.chan.poll_recv(&mut self.cursor, Some(cx.waker()))
     }
 
     /// Closes the channel without dropping the receiver: every send fails
     /// from now on (parked senders wake with the error), while messages
     /// already queued can still be received, after which `recv` gives `None`.
     pub fn close(&mut self) {
-        drop(self.chan.close_rx(false));
+        self.chan.close_rx();
     }
 
     /// The channel's capacity, `None` for an unbounded one.
     pub fn capacity(&self) -> Option<usize> {
         self.chan.capacity()
-    }
-
-    fn pop(&mut self) -> Option<T> {
-        let v = self.local.pop_front()?;
-        if self.chan.is_bounded() {
-            self.consumed = self.consumed.wrapping_add(1);
-            self.chan.popped(self.consumed);
-        }
-        Some(v)
     }
 }
 
@@ -114,8 +83,7 @@ impl<T> Unpin for Receiver<T> {}
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        // The queued messages are dropped here, with the lock released.
-        drop(self.chan.close_rx(true));
+        self.chan.drop_rx(&mut self.cursor);
     }
 }
 
@@ -156,7 +124,7 @@ impl<T> Future for RecvFuture<'_, T> {
 impl<T> Drop for RecvFuture<'_, T> {
     fn drop(&mut self) {
         if self.parked {
-            self.rx.chan.unpark_receiver();
+            self.rx.chan.unpark_rx();
         }
     }
 }
