@@ -39,9 +39,10 @@ pub mod task;
 pub mod time;
 
 pub use buf::BufResult;
+pub use future::Promise;
 pub use runtime::{
     Backend, Builder, EventLoop, Handle, LoopHandle, Runner, TimerHandle, get_running_loop, run,
     try_running_loop,
 };
-pub use task::{JoinError, Task, spawn, yield_now};
+pub use task::{JoinError, Task, TaskGroup, spawn, yield_now};
 pub use time::{sleep, sleep_until, timeout, timeout_at};

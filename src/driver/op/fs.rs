@@ -1,0 +1,399 @@
+//! File and path ops: openat, statx, fsync, fallocate, ftruncate, close,
+//! unlinkat, renameat, mkdirat. On epoll they all run on the blocking pool.
+
+use std::ffi::CString;
+use std::io;
+use std::mem;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use io_uring::{opcode, squeue, types};
+
+use super::{Mode, OpCode};
+
+fn cvt(r: libc::c_int) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// `openat(AT_FDCWD, path, flags, mode)`.
+pub(crate) struct OpenAt {
+    path: CString,
+    flags: i32,
+    mode: u32,
+}
+
+impl OpenAt {
+    pub(crate) fn new(path: CString, flags: i32, mode: u32) -> OpenAt {
+        OpenAt {
+            path,
+            flags: flags | libc::O_CLOEXEC,
+            mode,
+        }
+    }
+}
+
+impl OpCode for OpenAt {
+    type Output = io::Result<OwnedFd>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), self.path.as_ptr())
+            .flags(self.flags)
+            .mode(self.mode)
+            .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: a valid C string path.
+        cvt(unsafe { libc::open(self.path.as_ptr(), self.flags, self.mode) })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        // SAFETY: a fresh descriptor from the kernel.
+        res.map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// `statx` of an open fd (`AT_EMPTY_PATH`) or of a path.
+pub(crate) struct Statx {
+    fd: RawFd,
+    path: CString,
+    flags: i32,
+    buf: Box<libc::statx>,
+}
+
+impl Statx {
+    pub(crate) fn fd(fd: RawFd) -> Statx {
+        Statx {
+            fd,
+            path: CString::default(),
+            flags: libc::AT_EMPTY_PATH,
+            // SAFETY: statx is plain data.
+            buf: Box::new(unsafe { mem::zeroed() }),
+        }
+    }
+
+    pub(crate) fn path(path: CString, follow: bool) -> Statx {
+        Statx {
+            fd: libc::AT_FDCWD,
+            path,
+            flags: if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW },
+            // SAFETY: statx is plain data.
+            buf: Box::new(unsafe { mem::zeroed() }),
+        }
+    }
+}
+
+impl OpCode for Statx {
+    type Output = io::Result<libc::statx>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Statx::new(
+            types::Fd(self.fd),
+            self.path.as_ptr(),
+            (&mut *self.buf as *mut libc::statx).cast(),
+        )
+        .flags(self.flags)
+        .mask(libc::STATX_ALL)
+        .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: valid path and output buffer.
+        cvt(unsafe {
+            libc::statx(
+                self.fd,
+                self.path.as_ptr(),
+                self.flags,
+                libc::STATX_ALL,
+                &mut *self.buf,
+            )
+        })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| *self.buf)
+    }
+}
+
+/// `fsync` / `fdatasync`.
+pub(crate) struct Fsync {
+    fd: RawFd,
+    data: bool,
+}
+
+impl Fsync {
+    pub(crate) fn new(fd: RawFd, data: bool) -> Fsync {
+        Fsync { fd, data }
+    }
+}
+
+impl OpCode for Fsync {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        let mut op = opcode::Fsync::new(types::Fd(self.fd));
+        if self.data {
+            op = op.flags(types::FsyncFlags::DATASYNC);
+        }
+        op.build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: plain syscall.
+        cvt(unsafe {
+            if self.data {
+                libc::fdatasync(self.fd)
+            } else {
+                libc::fsync(self.fd)
+            }
+        })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub(crate) struct Fallocate {
+    fd: RawFd,
+    mode: i32,
+    offset: u64,
+    len: u64,
+}
+
+impl Fallocate {
+    pub(crate) fn new(fd: RawFd, mode: i32, offset: u64, len: u64) -> Fallocate {
+        Fallocate {
+            fd,
+            mode,
+            offset,
+            len,
+        }
+    }
+}
+
+impl OpCode for Fallocate {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Fallocate::new(types::Fd(self.fd), self.len)
+            .offset(self.offset)
+            .mode(self.mode)
+            .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: plain syscall.
+        cvt(unsafe { libc::fallocate(self.fd, self.mode, self.offset as i64, self.len as i64) })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}
+
+/// `ftruncate` (an SQE since 6.9; on older rings the caller uses the pool).
+pub(crate) struct Ftruncate {
+    fd: RawFd,
+    len: u64,
+}
+
+impl Ftruncate {
+    pub(crate) fn new(fd: RawFd, len: u64) -> Ftruncate {
+        Ftruncate { fd, len }
+    }
+}
+
+impl OpCode for Ftruncate {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Ftruncate::new(types::Fd(self.fd), self.len).build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: plain syscall.
+        cvt(unsafe { libc::ftruncate(self.fd, self.len as i64) })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}
+
+/// `close`, reporting the error (`File::close().await`).
+pub(crate) struct Close {
+    fd: RawFd,
+}
+
+impl Close {
+    /// Takes ownership of `fd`: it is closed whatever happens.
+    pub(crate) fn new(fd: OwnedFd) -> Close {
+        use std::os::fd::IntoRawFd;
+        Close {
+            fd: fd.into_raw_fd(),
+        }
+    }
+}
+
+impl OpCode for Close {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Close::new(types::Fd(self.fd)).build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Inline
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: we own the fd (taken in `new`).
+        cvt(unsafe { libc::close(self.fd) })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}
+
+/// `unlinkat` (a file, or with `dir` an empty directory).
+pub(crate) struct Unlink {
+    path: CString,
+    dir: bool,
+}
+
+impl Unlink {
+    pub(crate) fn new(path: CString, dir: bool) -> Unlink {
+        Unlink { path, dir }
+    }
+}
+
+impl OpCode for Unlink {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::UnlinkAt::new(types::Fd(libc::AT_FDCWD), self.path.as_ptr())
+            .flags(if self.dir { libc::AT_REMOVEDIR } else { 0 })
+            .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        let flags = if self.dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: a valid C string path.
+        cvt(unsafe { libc::unlinkat(libc::AT_FDCWD, self.path.as_ptr(), flags) })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}
+
+/// `renameat`.
+pub(crate) struct Rename {
+    from: CString,
+    to: CString,
+}
+
+impl Rename {
+    pub(crate) fn new(from: CString, to: CString) -> Rename {
+        Rename { from, to }
+    }
+}
+
+impl OpCode for Rename {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::RenameAt::new(
+            types::Fd(libc::AT_FDCWD),
+            self.from.as_ptr(),
+            types::Fd(libc::AT_FDCWD),
+            self.to.as_ptr(),
+        )
+        .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: valid C string paths.
+        cvt(unsafe {
+            libc::renameat(
+                libc::AT_FDCWD,
+                self.from.as_ptr(),
+                libc::AT_FDCWD,
+                self.to.as_ptr(),
+            )
+        })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}
+
+/// `mkdirat`.
+pub(crate) struct MkDir {
+    path: CString,
+    mode: u32,
+}
+
+impl MkDir {
+    pub(crate) fn new(path: CString, mode: u32) -> MkDir {
+        MkDir { path, mode }
+    }
+}
+
+impl OpCode for MkDir {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::MkDirAt::new(types::Fd(libc::AT_FDCWD), self.path.as_ptr())
+            .mode(self.mode)
+            .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Blocking
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: a valid C string path.
+        cvt(unsafe { libc::mkdirat(libc::AT_FDCWD, self.path.as_ptr(), self.mode) })
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        res.map(|_| ())
+    }
+}

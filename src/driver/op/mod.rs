@@ -1,0 +1,510 @@
+//! One type per operation, interpreted by either backend.
+//!
+//! An [`OpCode`] knows how to build its SQE (io_uring), how the epoll
+//! backend should run it ([`Mode`]), how to perform itself with a plain
+//! system call, and how to turn the raw result into its output (handing the
+//! buffers back). [`Op`] is the future that drives one op on whichever
+//! driver the current loop has.
+//!
+//! ## Op state machine
+//! ```text
+//!  Init ──poll──▶ Uring(key) ──CQE──▶ Done        (io_uring)
+//!    │                 └─drop─▶ slot Abandoned(data) + ASYNC_CANCEL; freed on CQE
+//!    ├──poll──▶ Epoll ──EAGAIN─▶ wait readiness ─▶ retry ─▶ Done   (sockets)
+//!    └──poll──▶ Pool(key) ──pool thread performs──▶ Done           (files)
+//!                   └─drop─▶ slot Abandoned(data); freed when the pool is done
+//! ```
+//! The op's data (buffers included) lives in a `Box` that never moves while
+//! the kernel or a pool thread may touch it.
+
+pub(crate) mod fs;
+pub(crate) mod net;
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use io_uring::squeue;
+use slab::Slab;
+
+use super::{Backends, Driver};
+use crate::runtime::context;
+
+/// How the epoll backend runs an op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Try now; on `EAGAIN` wait until the fd is readable, retry.
+    Readable(RawFd),
+    /// Try now; on `EAGAIN` wait until the fd is writable, retry.
+    Writable(RawFd),
+    /// Run `perform` on the blocking pool (regular files, paths).
+    Blocking,
+    /// Run `perform` once, now (it never blocks).
+    Inline,
+}
+
+/// One operation, described once for both backends.
+pub(crate) trait OpCode: 'static {
+    /// What awaiting the op yields.
+    type Output;
+
+    /// The SQE. Called once, with `self` at its final heap address, which
+    /// stays put until the CQE arrives; pointers into `self` may go in it.
+    fn sqe(&mut self) -> squeue::Entry;
+
+    /// How epoll runs it.
+    fn mode(&self) -> Mode;
+
+    /// Checks the op's arguments before it is submitted; an error here
+    /// resolves the op at once.
+    fn check(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Performs the op with a plain system call. For `Mode::Blocking` ops
+    /// this runs on a pool thread: it may only touch plain data (fds, raw
+    /// pointers taken at construction, integers, C strings).
+    fn perform(&mut self) -> io::Result<usize>;
+
+    /// Turns the result into the output, handing buffers back.
+    fn complete(self, res: io::Result<usize>, flags: u32) -> Self::Output;
+}
+
+enum State {
+    Init,
+    Uring(usize),
+    Epoll,
+    Pool(usize),
+    Done,
+}
+
+/// The future of one op.
+pub(crate) struct Op<T: OpCode> {
+    data: Option<Box<T>>,
+    state: State,
+    /// The driver the op was submitted to (kept alive while the op lives).
+    driver: Option<Rc<Driver>>,
+    cancel: Option<(Rc<CancelInner>, Option<usize>)>,
+}
+
+impl<T: OpCode> Op<T> {
+    pub(crate) fn new(data: T) -> Op<T> {
+        Op {
+            data: Some(Box::new(data)),
+            state: State::Init,
+            driver: None,
+            cancel: None,
+        }
+    }
+
+    fn finish(&mut self, res: io::Result<usize>, flags: u32) -> T::Output {
+        self.state = State::Done;
+        self.unregister_cancel();
+        let data = self.data.take().expect("op polled after completion");
+        (*data).complete(res, flags)
+    }
+
+    fn cancel_fired(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|(c, _)| c.fired.get())
+    }
+
+    fn register_cancel(&mut self, key: Option<usize>, waker: &Waker) {
+        if let Some((c, slot)) = &mut self.cancel {
+            match slot {
+                Some(i) => {
+                    if let Some(e) = c.ops.borrow_mut().get_mut(*i) {
+                        e.uring_key = key;
+                        e.waker = Some(waker.clone());
+                    }
+                }
+                None => {
+                    *slot = Some(c.ops.borrow_mut().insert(CancelEntry {
+                        uring_key: key,
+                        waker: Some(waker.clone()),
+                    }))
+                }
+            }
+        }
+    }
+
+    fn unregister_cancel(&mut self) {
+        if let Some((c, slot)) = &mut self.cancel {
+            if let Some(i) = slot.take() {
+                c.ops.borrow_mut().try_remove(i);
+            }
+        }
+    }
+
+    fn poll_inner(&mut self, driver: &Driver, cx: &mut Context<'_>) -> Poll<T::Output> {
+        loop {
+            match self.state {
+                State::Done => panic!("op polled after completion"),
+                State::Init => {
+                    if self.cancel_fired() {
+                        return Poll::Ready(self.finish(Err(ecanceled()), 0));
+                    }
+                    let data = self.data.as_mut().expect("op data");
+                    if let Err(e) = data.check() {
+                        return Poll::Ready(self.finish(Err(e), 0));
+                    }
+                    let mut inner = driver.inner.borrow_mut();
+                    match &mut *inner {
+                        Backends::Uring(u) => {
+                            let sqe = data.sqe();
+                            let key = u.submit(sqe, cx.waker());
+                            drop(inner);
+                            self.state = State::Uring(key);
+                            self.register_cancel(Some(key), cx.waker());
+                            return Poll::Pending;
+                        }
+                        Backends::Epoll(e) => match data.mode() {
+                            Mode::Blocking => {
+                                let ptr: *mut T = &mut **data;
+                                let key = e.submit_blocking(ptr, cx.waker());
+                                drop(inner);
+                                driver.bump(|s| s.blocking_ops += 1);
+                                self.state = State::Pool(key);
+                                self.register_cancel(None, cx.waker());
+                                return Poll::Pending;
+                            }
+                            Mode::Inline => {
+                                drop(inner);
+                                let res = data.perform();
+                                return Poll::Ready(self.finish(res, 0));
+                            }
+                            Mode::Readable(_) | Mode::Writable(_) => {
+                                drop(inner);
+                                self.state = State::Epoll;
+                            }
+                        },
+                    }
+                }
+                State::Uring(key) => {
+                    let r = match &mut *driver.inner.borrow_mut() {
+                        Backends::Uring(u) => u.poll_slot(key, cx.waker()),
+                        Backends::Epoll(_) => unreachable!("uring op on an epoll driver"),
+                    };
+                    return match r {
+                        Poll::Ready((res, flags)) => {
+                            let res = if res < 0 {
+                                Err(io::Error::from_raw_os_error(-res))
+                            } else {
+                                Ok(res as usize)
+                            };
+                            Poll::Ready(self.finish(res, flags))
+                        }
+                        Poll::Pending => {
+                            self.register_cancel(Some(key), cx.waker());
+                            Poll::Pending
+                        }
+                    };
+                }
+                State::Pool(key) => {
+                    let r = match &mut *driver.inner.borrow_mut() {
+                        Backends::Epoll(e) => e.poll_blocking(key, cx.waker()),
+                        Backends::Uring(_) => unreachable!("pool op on a uring driver"),
+                    };
+                    return match r {
+                        Poll::Ready(res) => Poll::Ready(self.finish(res, 0)),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+                State::Epoll => {
+                    if self.cancel_fired() {
+                        return Poll::Ready(self.finish(Err(ecanceled()), 0));
+                    }
+                    let data = self.data.as_mut().expect("op data");
+                    let mode = data.mode();
+                    match data.perform() {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let (fd, write) = match mode {
+                                Mode::Readable(fd) => (fd, false),
+                                Mode::Writable(fd) => (fd, true),
+                                _ => unreachable!(),
+                            };
+                            if let Err(e) = super::epoll_wait_ready(driver, fd, write, cx.waker()) {
+                                return Poll::Ready(self.finish(Err(e), 0));
+                            }
+                            self.register_cancel(None, cx.waker());
+                            return Poll::Pending;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        res => return Poll::Ready(self.finish(res, 0)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: OpCode> Unpin for Op<T> {}
+
+impl<T: OpCode> Future for Op<T> {
+    type Output = T::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
+        let this = self.get_mut();
+        let driver = match &this.driver {
+            Some(d) => d.clone(),
+            None => {
+                let d = context::current_driver()
+                    .expect("uringio I/O used outside a running uringio loop");
+                this.driver = Some(d.clone());
+                d
+            }
+        };
+        this.poll_inner(&driver, cx)
+    }
+}
+
+impl<T: OpCode> Drop for Op<T> {
+    fn drop(&mut self) {
+        self.unregister_cancel();
+        let state = std::mem::replace(&mut self.state, State::Done);
+        let (Some(data), Some(driver)) = (self.data.take(), self.driver.as_ref()) else {
+            return;
+        };
+        let data: Box<dyn Any> = data;
+        match (state, &mut *driver.inner.borrow_mut()) {
+            // The kernel or a pool thread still owns the buffers: park them in
+            // the driver until the completion arrives.
+            (State::Uring(key), Backends::Uring(u)) => u.abandon(key, data),
+            (State::Pool(key), Backends::Epoll(e)) => e.abandon_blocking(key, data),
+            _ => {}
+        }
+    }
+}
+
+pub(crate) fn ecanceled() -> io::Error {
+    io::Error::from_raw_os_error(libc::ECANCELED)
+}
+
+/// An op future that a [`Canceller`] can end early.
+pub trait Cancellable: Future + Sized {
+    /// Ties this op to `c`: when `c.cancel()` fires, the op is cancelled
+    /// (`IORING_OP_ASYNC_CANCEL` on io_uring; on epoll a wait for readiness
+    /// ends) but the future still resolves to its result and buffer:
+    /// `Err(ECANCELED)` or whatever completed first. Ops on the blocking pool
+    /// cannot be interrupted and finish normally.
+    fn with_canceller(self, c: &Canceller) -> Self;
+}
+
+impl<T: OpCode> Cancellable for Op<T> {
+    fn with_canceller(mut self, c: &Canceller) -> Self {
+        self.cancel = Some((c.inner.clone(), None));
+        self
+    }
+}
+
+struct CancelEntry {
+    uring_key: Option<usize>,
+    waker: Option<Waker>,
+}
+
+pub(crate) struct CancelInner {
+    fired: Cell<bool>,
+    ops: RefCell<Slab<CancelEntry>>,
+}
+
+/// A token that ends ops early without losing their results.
+///
+/// Dropping an op's future also cancels it, but a read that raced its
+/// cancellation may have consumed bytes that are then lost with the future.
+/// An op tied to a `Canceller` (with [`Cancellable::with_canceller`]) is
+/// instead cancelled by [`Canceller::cancel`] and keeps being polled: it
+/// resolves to `Err(ECANCELED)` or to the bytes that arrived first, with its
+/// buffer.
+///
+/// ```no_run
+/// use uringio::driver::{Canceller, Cancellable};
+/// # async fn f(s: uringio::net::TcpStream) {
+/// let c = Canceller::new();
+/// let read = s.read(vec![0u8; 0].into_iter().collect::<Vec<u8>>()).with_canceller(&c);
+/// c.cancel();
+/// let (res, buf) = read.await; // Err(ECANCELED) or data, never lost
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Canceller {
+    inner: Rc<CancelInner>,
+}
+
+impl Default for Canceller {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Canceller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Canceller")
+            .field("fired", &self.inner.fired.get())
+            .finish()
+    }
+}
+
+impl Canceller {
+    /// A new, unfired token.
+    pub fn new() -> Canceller {
+        Canceller {
+            inner: Rc::new(CancelInner {
+                fired: Cell::new(false),
+                ops: RefCell::new(Slab::new()),
+            }),
+        }
+    }
+
+    /// Cancels every op tied to this token, now and later.
+    pub fn cancel(&self) {
+        self.inner.fired.set(true);
+        let entries: Vec<(Option<usize>, Option<Waker>)> = self
+            .inner
+            .ops
+            .borrow_mut()
+            .iter_mut()
+            .map(|(_, e)| (e.uring_key, e.waker.take()))
+            .collect();
+        context::try_with_driver(|d| {
+            if let Backends::Uring(u) = &mut *d.inner.borrow_mut() {
+                for (key, _) in &entries {
+                    if let Some(k) = key {
+                        u.cancel(*k);
+                    }
+                }
+            }
+        });
+        for (_, w) in entries {
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.fired.get()
+    }
+}
+
+/// A raw SQE with a value kept alive until its completion.
+struct RawOp<K: 'static> {
+    entry: Option<squeue::Entry>,
+    keep: Option<K>,
+}
+
+impl<K: 'static> OpCode for RawOp<K> {
+    type Output = (io::Result<u32>, K);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.entry.take().expect("raw op submitted twice")
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Inline
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "submit_raw needs the io_uring backend; this loop runs on epoll",
+        ))
+    }
+
+    fn complete(mut self, res: io::Result<usize>, flags: u32) -> Self::Output {
+        let _ = flags;
+        (
+            res.map(|n| n as u32),
+            self.keep.take().expect("raw op completed twice"),
+        )
+    }
+}
+
+/// Submits a raw `io_uring` SQE and awaits its CQE result.
+///
+/// `keep_alive` is held until the completion arrives (even if the returned
+/// future is dropped, in which case the op is cancelled): put in it every
+/// buffer the SQE points to. The SQE's `user_data` is overwritten. On the
+/// epoll backend the future resolves to an `Unsupported` error.
+///
+/// # Safety
+/// The entry must be a valid SQE whose pointers stay valid while
+/// `keep_alive` lives (point into heap memory owned by `keep_alive`, not into
+/// the value itself, which may move), and it must not be a multishot request.
+pub unsafe fn submit_raw<K: 'static>(
+    entry: squeue::Entry,
+    keep_alive: K,
+) -> impl Future<Output = (io::Result<u32>, K)> {
+    Op::new(RawOp {
+        entry: Some(entry),
+        keep: Some(keep_alive),
+    })
+}
+
+/// A multishot accept on io_uring: one SQE, a CQE per connection, re-armed
+/// when the kernel ends it.
+pub(crate) struct AcceptMulti {
+    fd: RawFd,
+    key: Option<usize>,
+    driver: Rc<Driver>,
+}
+
+impl AcceptMulti {
+    pub(crate) fn new(fd: RawFd, driver: Rc<Driver>) -> AcceptMulti {
+        AcceptMulti {
+            fd,
+            key: None,
+            driver,
+        }
+    }
+
+    pub(crate) fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<std::os::fd::OwnedFd>> {
+        loop {
+            let mut inner = self.driver.inner.borrow_mut();
+            let Backends::Uring(u) = &mut *inner else {
+                return Poll::Ready(Err(io::Error::other("multishot accept needs io_uring")));
+            };
+            let key = match self.key {
+                Some(k) => k,
+                None => {
+                    let k = u.submit_multi(net::accept_multi_sqe(self.fd), cx.waker())?;
+                    self.key = Some(k);
+                    k
+                }
+            };
+            match u.poll_multi(key, cx.waker()) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    // The kernel ended the multishot (error or overflow): re-arm.
+                    self.key = None;
+                    continue;
+                }
+                Poll::Ready(Some((res, _flags))) => {
+                    if res < 0 {
+                        return Poll::Ready(Err(io::Error::from_raw_os_error(-res)));
+                    }
+                    use std::os::fd::FromRawFd;
+                    // SAFETY: the kernel handed us this new descriptor.
+                    return Poll::Ready(Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(res) }));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AcceptMulti {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            if let Backends::Uring(u) = &mut *self.driver.inner.borrow_mut() {
+                u.abandon_multi(k, None, true);
+            }
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! The io_uring backend: SQE in, CQE out.
+//!
+//! Every in-flight op has a [`Slot`] in a slab; its key is the SQE's
+//! `user_data`. Two keys are reserved: [`WAKE_KEY`] for the read on the
+//! loop's eventfd (cross-thread wake-ups) and [`CANCEL_KEY`] for
+//! `ASYNC_CANCEL` requests, whose own completions are ignored.
+//!
+//! ## Slot states
+//! ```text
+//! Waiting(waker) ──CQE──▶ Done(res, flags) ──op polls──▶ removed
+//!      └─op dropped─▶ Abandoned(data) + ASYNC_CANCEL ──CQE──▶ removed, data freed
+//! Multi{queue} ──CQE with F_MORE──▶ Multi{queue+1} ──CQE without──▶ ended
+//!      └─stream dropped─▶ MultiAbandoned + ASYNC_CANCEL ──final CQE──▶ removed
+//! ```
+//! One `io_uring_enter` per loop iteration both submits and waits, with the
+//! timer deadline as an `EXT_ARG` timeout and `GETEVENTS` always set (needed
+//! with `DEFER_TASKRUN`, where completions are only posted on such an enter).
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use slab::Slab;
+
+use super::{DriverConfig, Features, Stats};
+
+pub(crate) const WAKE_KEY: u64 = u64::MAX;
+pub(crate) const CANCEL_KEY: u64 = u64::MAX - 1;
+
+const ENTER_GETEVENTS: u32 = 1 << 0;
+const ENTER_SQ_WAKEUP: u32 = 1 << 1;
+const ENTER_EXT_ARG: u32 = 1 << 3;
+
+/// Why io_uring could not be set up.
+pub(crate) enum SetupError {
+    /// A set-up refusal: `Auto` falls back to epoll, with this reason.
+    Refused(String),
+    /// A resource error: surfaces to the user.
+    Io(io::Error),
+}
+
+enum Slot {
+    Waiting(Option<Waker>),
+    Done(i32, u32),
+    Abandoned(Box<dyn Any>),
+    Multi {
+        queue: VecDeque<(i32, u32)>,
+        waker: Option<Waker>,
+        ended: bool,
+    },
+    /// Dropped; `bool`: results are fds to close.
+    MultiAbandoned(Option<Box<dyn Any>>, bool),
+}
+
+pub(crate) struct Uring {
+    ring: IoUring,
+    slots: Slab<Slot>,
+    wake_fd: RawFd,
+    wake_buf: Box<[u8; 8]>,
+    wake_armed: bool,
+    sqpoll: bool,
+    closing: bool,
+    garbage: Vec<Box<dyn Any>>,
+}
+
+/// Required opcodes: without them `Auto` uses epoll.
+const REQUIRED: &[(u8, &str)] = &[
+    (opcode::Read::CODE, "READ"),
+    (opcode::Write::CODE, "WRITE"),
+    (opcode::Readv::CODE, "READV"),
+    (opcode::Writev::CODE, "WRITEV"),
+    (opcode::Accept::CODE, "ACCEPT"),
+    (opcode::Connect::CODE, "CONNECT"),
+    (opcode::Send::CODE, "SEND"),
+    (opcode::Recv::CODE, "RECV"),
+    (opcode::SendMsg::CODE, "SENDMSG"),
+    (opcode::RecvMsg::CODE, "RECVMSG"),
+    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+    (opcode::OpenAt::CODE, "OPENAT"),
+    (opcode::Statx::CODE, "STATX"),
+    (opcode::Fsync::CODE, "FSYNC"),
+    (opcode::Fallocate::CODE, "FALLOCATE"),
+    (opcode::Close::CODE, "CLOSE"),
+    (opcode::Shutdown::CODE, "SHUTDOWN"),
+    (opcode::RenameAt::CODE, "RENAMEAT"),
+    (opcode::UnlinkAt::CODE, "UNLINKAT"),
+    (opcode::MkDirAt::CODE, "MKDIRAT"),
+];
+
+/// Closes a descriptor a multishot accept produced that nobody took.
+fn close_result_fd(res: i32) {
+    if res >= 0 {
+        // SAFETY: the kernel handed us this descriptor and nobody else has it.
+        unsafe { libc::close(res) };
+    }
+}
+
+fn errno_name(e: i32) -> &'static str {
+    match e {
+        libc::EPERM => "EPERM",
+        libc::ENOSYS => "ENOSYS",
+        libc::EINVAL => "EINVAL",
+        libc::ENOMEM => "ENOMEM",
+        libc::EMFILE => "EMFILE",
+        libc::EACCES => "EACCES",
+        _ => "error",
+    }
+}
+
+fn sysctl_disabled() -> Option<String> {
+    let v = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok()?;
+    let v = v.trim();
+    if v == "0" {
+        None
+    } else {
+        Some(format!("kernel.io_uring_disabled={v}"))
+    }
+}
+
+fn memlock_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+fn classify(e: io::Error, kernel_old_memlock: bool) -> SetupError {
+    let code = e.raw_os_error().unwrap_or(0);
+    match code {
+        libc::EPERM | libc::EACCES => match sysctl_disabled() {
+            Some(s) => SetupError::Refused(s),
+            None => SetupError::Refused(format!("io_uring_setup: {} (seccomp?)", errno_name(code))),
+        },
+        libc::ENOSYS => {
+            SetupError::Refused("io_uring_setup: ENOSYS (kernel without io_uring)".to_string())
+        }
+        libc::EINVAL => SetupError::Refused("io_uring_setup: EINVAL".to_string()),
+        libc::ENOMEM if kernel_old_memlock => SetupError::Refused(format!(
+            "RLIMIT_MEMLOCK ({} bytes) too small for the ring",
+            memlock_limit().unwrap_or(0)
+        )),
+        _ => SetupError::Io(e),
+    }
+}
+
+fn simulated(s: &str) -> SetupError {
+    match s.to_ascii_uppercase().as_str() {
+        "EPERM" => SetupError::Refused("io_uring_setup: EPERM (seccomp?) [simulated]".into()),
+        "ENOSYS" => SetupError::Refused(
+            "io_uring_setup: ENOSYS (kernel without io_uring) [simulated]".into(),
+        ),
+        "EINVAL" => SetupError::Refused("io_uring_setup: EINVAL [simulated]".into()),
+        "DISABLED" => SetupError::Refused("kernel.io_uring_disabled=2 [simulated]".into()),
+        "MEMLOCK" => {
+            SetupError::Refused("RLIMIT_MEMLOCK too small for the ring [simulated]".into())
+        }
+        "ENOMEM" => SetupError::Io(io::Error::from_raw_os_error(libc::ENOMEM)),
+        other => SetupError::Refused(format!("io_uring_setup: {other} [simulated]")),
+    }
+}
+
+/// Kernels before 5.12 charge ring memory to RLIMIT_MEMLOCK.
+fn kernel_before_5_12() -> bool {
+    let rel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut it = rel.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (major, minor) < (5, 12)
+}
+
+impl Uring {
+    pub(crate) fn new(
+        cfg: &DriverConfig,
+        wake_fd: RawFd,
+        simulate: Option<&str>,
+    ) -> Result<(Uring, Features), SetupError> {
+        if let Some(s) = simulate {
+            return Err(simulated(s));
+        }
+        let entries = cfg.entries.clamp(8, 32768).next_power_of_two();
+        // Newest first: the first flag dropped when the kernel says EINVAL.
+        let mut flags: Vec<&'static str> = if cfg.sqpoll.is_some() {
+            vec!["SQPOLL"]
+        } else {
+            vec!["DEFER_TASKRUN", "SINGLE_ISSUER", "COOP_TASKRUN"]
+        };
+        let mut dropped = Vec::new();
+        let ring = loop {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(entries * 4);
+            b.setup_clamp();
+            for f in &flags {
+                match *f {
+                    "DEFER_TASKRUN" => {
+                        b.setup_defer_taskrun();
+                    }
+                    "SINGLE_ISSUER" => {
+                        b.setup_single_issuer();
+                    }
+                    "COOP_TASKRUN" => {
+                        b.setup_coop_taskrun();
+                        b.setup_taskrun_flag();
+                    }
+                    "SQPOLL" => {
+                        let idle = cfg.sqpoll.unwrap_or_default().as_millis().max(1) as u32;
+                        b.setup_sqpoll(idle);
+                    }
+                    _ => {}
+                }
+            }
+            match b.build(entries) {
+                Ok(r) => break r,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !flags.is_empty() => {
+                    let f = flags.remove(0);
+                    log::debug!("uringio: kernel refused IORING_SETUP_{f}; retrying without");
+                    dropped.push(f);
+                }
+                Err(e) => return Err(classify(e, kernel_before_5_12())),
+            }
+        };
+        let params = ring.params();
+        if !params.is_feature_ext_arg() {
+            return Err(SetupError::Refused(
+                "no IORING_FEAT_EXT_ARG (kernel < 5.11)".into(),
+            ));
+        }
+        let mut probe = Probe::new();
+        if let Err(e) = ring.submitter().register_probe(&mut probe) {
+            return Err(SetupError::Refused(format!(
+                "IORING_REGISTER_PROBE failed: {e}"
+            )));
+        }
+        for (code, name) in REQUIRED {
+            if !probe.is_supported(*code) {
+                return Err(SetupError::Refused(format!(
+                    "opcode IORING_OP_{name} missing per IORING_REGISTER_PROBE"
+                )));
+            }
+        }
+        let mut setup_flags = flags.clone();
+        if setup_flags.contains(&"COOP_TASKRUN") {
+            setup_flags.push("TASKRUN_FLAG");
+        }
+        // Opcodes that arrived with the features we cannot probe directly:
+        // IORING_OP_SOCKET with multishot accept and buffer rings (5.19),
+        // IORING_OP_SEND_ZC with multishot receive (6.0).
+        let five_nineteen = probe.is_supported(opcode::Socket::CODE);
+        let six_zero = probe.is_supported(opcode::SendZc::CODE);
+        let features = Features {
+            io_uring: true,
+            kernel: String::new(),
+            setup_flags,
+            dropped_flags: dropped,
+            sq_entries: params.sq_entries(),
+            cq_entries: params.cq_entries(),
+            nodrop: params.is_feature_nodrop(),
+            ext_arg: true,
+            multishot_accept: five_nineteen,
+            recv_multishot: six_zero,
+            buf_ring: five_nineteen,
+            send_zc: six_zero,
+            msg_ring: probe.is_supported(opcode::MsgRingData::CODE),
+            waitid: probe.is_supported(opcode::WaitId::CODE),
+            ftruncate: probe.is_supported(opcode::Ftruncate::CODE),
+        };
+        Ok((
+            Uring {
+                ring,
+                slots: Slab::with_capacity(256),
+                wake_fd,
+                wake_buf: Box::new([0; 8]),
+                wake_armed: false,
+                sqpoll: cfg.sqpoll.is_some(),
+                closing: false,
+                garbage: Vec::new(),
+            },
+            features,
+        ))
+    }
+
+    /// Queues an SQE; when the SQ is full, submits what is there first.
+    fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE we build points only into op data kept alive
+            // (boxed, never moved) until its CQE, or into `self.wake_buf`.
+            let pushed = unsafe { self.ring.submission().push(&sqe) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // The CQ is backed up: reap to make room, then retry.
+                    self.reap();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Queues an op's SQE; returns its slot key. A submission failure is
+    /// reported through the slot.
+    pub(crate) fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> usize {
+        let key = self.slots.insert(Slot::Waiting(Some(waker.clone())));
+        if let Err(e) = self.push(sqe.user_data(key as u64)) {
+            self.slots[key] = Slot::Done(-e.raw_os_error().unwrap_or(libc::EIO), 0);
+            waker.wake_by_ref();
+        }
+        key
+    }
+
+    /// Queues a multishot SQE; its CQEs queue up in the slot.
+    pub(crate) fn submit_multi(&mut self, sqe: squeue::Entry, waker: &Waker) -> io::Result<usize> {
+        let key = self.slots.insert(Slot::Multi {
+            queue: VecDeque::new(),
+            waker: Some(waker.clone()),
+            ended: false,
+        });
+        if let Err(e) = self.push(sqe.user_data(key as u64)) {
+            self.slots.remove(key);
+            return Err(e);
+        }
+        Ok(key)
+    }
+
+    pub(crate) fn poll_slot(&mut self, key: usize, waker: &Waker) -> Poll<(i32, u32)> {
+        match self.slots.get_mut(key) {
+            Some(Slot::Done(res, flags)) => {
+                let r = (*res, *flags);
+                self.slots.remove(key);
+                Poll::Ready(r)
+            }
+            Some(Slot::Waiting(w)) => {
+                match w {
+                    Some(old) if old.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready((-libc::EIO, 0)),
+        }
+    }
+
+    /// Next CQE of a multishot op; `None` once it ended and was drained.
+    pub(crate) fn poll_multi(&mut self, key: usize, waker: &Waker) -> Poll<Option<(i32, u32)>> {
+        match self.slots.get_mut(key) {
+            Some(Slot::Multi {
+                queue,
+                waker: w,
+                ended,
+            }) => {
+                if let Some(c) = queue.pop_front() {
+                    return Poll::Ready(Some(c));
+                }
+                if *ended {
+                    self.slots.remove(key);
+                    return Poll::Ready(None);
+                }
+                match w {
+                    Some(old) if old.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(None),
+        }
+    }
+
+    /// The multishot stream was dropped: cancel, forget queued results
+    /// (`keep` is held until the final CQE). With `fds`, results are new
+    /// descriptors nobody will take: they are closed.
+    pub(crate) fn abandon_multi(&mut self, key: usize, keep: Option<Box<dyn Any>>, fds: bool) {
+        if fds {
+            if let Some(Slot::Multi { queue, .. }) = self.slots.get_mut(key) {
+                for (res, _) in queue.drain(..) {
+                    close_result_fd(res);
+                }
+            }
+        }
+        match self.slots.get(key) {
+            Some(Slot::Multi { ended: true, .. }) => {
+                self.slots.remove(key);
+                if let Some(k) = keep {
+                    self.garbage.push(k);
+                }
+            }
+            Some(Slot::Multi { .. }) => {
+                self.slots[key] = Slot::MultiAbandoned(keep, fds);
+                self.cancel(key);
+            }
+            _ => {}
+        }
+    }
+
+    /// The op's future was dropped while in flight: keep its data until the
+    /// CQE, and ask the kernel to cancel it.
+    pub(crate) fn abandon(&mut self, key: usize, data: Box<dyn Any>) {
+        match self.slots.get(key) {
+            Some(Slot::Done(..)) => {
+                self.slots.remove(key);
+                self.garbage.push(data);
+            }
+            Some(Slot::Waiting(_)) => {
+                self.slots[key] = Slot::Abandoned(data);
+                self.cancel(key);
+            }
+            _ => self.garbage.push(data),
+        }
+    }
+
+    /// Queues an `ASYNC_CANCEL` for op `key`.
+    pub(crate) fn cancel(&mut self, key: usize) {
+        let sqe = opcode::AsyncCancel::new(key as u64)
+            .build()
+            .user_data(CANCEL_KEY);
+        let _ = self.push(sqe);
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        if !self.wake_armed {
+            let sqe = opcode::Read::new(types::Fd(self.wake_fd), self.wake_buf.as_mut_ptr(), 8)
+                .build()
+                .user_data(WAKE_KEY);
+            self.push(sqe)?;
+            self.wake_armed = true;
+        }
+        Ok(())
+    }
+
+    /// Submits, waits up to `timeout`, dispatches completions. Returns the
+    /// abandoned ops' data whose completions arrived, to drop.
+    pub(crate) fn park(
+        &mut self,
+        timeout: Option<Duration>,
+        stats: &mut Stats,
+    ) -> io::Result<Vec<Box<dyn Any>>> {
+        if !self.closing {
+            self.arm_wake()?;
+        }
+        let mut timeout = timeout;
+        loop {
+            let to_submit = self.ring.submission().len() as u32;
+            let cq_ready = !self.ring.completion().is_empty();
+            let wait = !cq_ready && timeout != Some(Duration::ZERO);
+            let ts = timeout.map(Timespec::from);
+            let args = match (&ts, wait) {
+                (Some(ts), true) => SubmitArgs::new().timespec(ts),
+                _ => SubmitArgs::new(),
+            };
+            let mut flags = ENTER_GETEVENTS | ENTER_EXT_ARG;
+            if self.sqpoll && self.ring.submission().need_wakeup() {
+                flags |= ENTER_SQ_WAKEUP;
+            }
+            // SAFETY: `args` is a valid io_uring_getevents_arg (SubmitArgs is
+            // repr(transparent) over it) living across the call, and EXT_ARG
+            // is set accordingly.
+            let r = unsafe {
+                self.ring
+                    .submitter()
+                    .enter(to_submit, u32::from(wait), flags, Some(&args))
+            };
+            stats.enter_calls += 1;
+            match r {
+                Ok(n) => stats.sqes_submitted += n as u64,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::ETIME) | Some(libc::EINTR) => {}
+                    Some(libc::EBUSY) | Some(libc::EAGAIN) => {
+                        // Completions are backed up (overflow): reap, then
+                        // submit again without waiting.
+                        stats.cq_overflows += 1;
+                        self.reap_into(stats);
+                        timeout = Some(Duration::ZERO);
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
+            }
+            break;
+        }
+        self.reap_into(stats);
+        if self.ring.submission().cq_overflow() {
+            stats.cq_overflows += 1;
+            // Flush the kernel's overflow list into the CQ and reap again.
+            // SAFETY: plain GETEVENTS enter without arguments.
+            let _ = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 0, ENTER_GETEVENTS, None)
+            };
+            self.reap_into(stats);
+        }
+        Ok(std::mem::take(&mut self.garbage))
+    }
+
+    fn reap(&mut self) {
+        let mut s = Stats::default();
+        self.reap_into(&mut s);
+    }
+
+    fn reap_into(&mut self, stats: &mut Stats) {
+        let mut n = 0u64;
+        let mut cq = self.ring.completion();
+        cq.sync();
+        for cqe in &mut cq {
+            n += 1;
+            let ud = cqe.user_data();
+            let res = cqe.result();
+            let flags = cqe.flags();
+            if ud == WAKE_KEY {
+                self.wake_armed = false;
+                continue;
+            }
+            if ud == CANCEL_KEY {
+                continue;
+            }
+            let key = ud as usize;
+            let more = cqueue::more(flags);
+            let Some(slot) = self.slots.get_mut(key) else {
+                continue;
+            };
+            match slot {
+                Slot::Waiting(w) => {
+                    let w = w.take();
+                    *slot = Slot::Done(res, flags);
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                }
+                Slot::Abandoned(_) => {
+                    if let Slot::Abandoned(d) = self.slots.remove(key) {
+                        self.garbage.push(d);
+                    }
+                }
+                Slot::Multi {
+                    queue,
+                    waker,
+                    ended,
+                } => {
+                    queue.push_back((res, flags));
+                    if !more {
+                        *ended = true;
+                    }
+                    if let Some(w) = waker.take() {
+                        w.wake();
+                    }
+                }
+                Slot::MultiAbandoned(_, fds) => {
+                    if *fds {
+                        close_result_fd(res);
+                    }
+                    if !more {
+                        if let Slot::MultiAbandoned(Some(d), _) = self.slots.remove(key) {
+                            self.garbage.push(d);
+                        }
+                    }
+                }
+                Slot::Done(..) => {}
+            }
+        }
+        drop(cq);
+        stats.cqes_reaped += n;
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|(_, s)| !matches!(s, Slot::Done(..)))
+            .count()
+            + usize::from(self.wake_armed)
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // Buffers of abandoned ops (and the eventfd read's buffer) may still
+        // be written by the kernel: cancel everything and wait, bounded, for
+        // the completions before freeing anything.
+        let keys: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !matches!(s, Slot::Done(..)))
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            self.cancel(k);
+        }
+        if self.wake_armed {
+            let sqe = opcode::AsyncCancel::new(WAKE_KEY)
+                .build()
+                .user_data(CANCEL_KEY);
+            let _ = self.push(sqe);
+        }
+        self.closing = true;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut stats = Stats::default();
+        while self.in_flight() > 0 && Instant::now() < deadline {
+            if self
+                .park(Some(Duration::from_millis(10)), &mut stats)
+                .is_err()
+            {
+                break;
+            }
+            self.garbage.clear();
+        }
+        if self.in_flight() > 0 {
+            // Still owned by the kernel: leak rather than free.
+            log::warn!(
+                "uringio: {} io_uring ops still in flight at shutdown; leaking their buffers",
+                self.in_flight()
+            );
+            for s in self.slots.drain() {
+                std::mem::forget(s);
+            }
+            let buf = std::mem::replace(&mut self.wake_buf, Box::new([0; 8]));
+            std::mem::forget(buf);
+        }
+    }
+}

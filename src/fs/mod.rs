@@ -1,0 +1,495 @@
+//! Files on owned buffers: positioned reads and writes, sync, metadata
+//! (statx), and the path operations.
+//!
+//! On io_uring every call is an SQE; on epoll they run on the loop's
+//! blocking pool (regular files are always "ready" to epoll).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::BufResult;
+use crate::buf::{IoBuf, IoBufMut};
+use crate::driver::Cancellable;
+use crate::driver::op::Op;
+use crate::driver::op::fs as ops;
+use crate::driver::op::net::{Read, ReadV, Write, WriteV};
+use crate::runtime::context;
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("path {p:?} contains a NUL byte"),
+        )
+    })
+}
+
+/// Options for opening a file, as `std::fs::OpenOptions`.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    append: bool,
+    truncate: bool,
+    create: bool,
+    create_new: bool,
+    mode: u32,
+    custom_flags: i32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OpenOptions {
+    /// All options off; mode 0o666 (before umask).
+    pub fn new() -> OpenOptions {
+        OpenOptions {
+            read: false,
+            write: false,
+            append: false,
+            truncate: false,
+            create: false,
+            create_new: false,
+            mode: 0o666,
+            custom_flags: 0,
+        }
+    }
+
+    /// Open for reading.
+    pub fn read(&mut self, on: bool) -> &mut Self {
+        self.read = on;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(&mut self, on: bool) -> &mut Self {
+        self.write = on;
+        self
+    }
+
+    /// Open for appending (implies write).
+    pub fn append(&mut self, on: bool) -> &mut Self {
+        self.append = on;
+        self
+    }
+
+    /// Truncate to zero length (needs write).
+    pub fn truncate(&mut self, on: bool) -> &mut Self {
+        self.truncate = on;
+        self
+    }
+
+    /// Create if missing (needs write or append).
+    pub fn create(&mut self, on: bool) -> &mut Self {
+        self.create = on;
+        self
+    }
+
+    /// Create, failing if it exists (needs write or append).
+    pub fn create_new(&mut self, on: bool) -> &mut Self {
+        self.create_new = on;
+        self
+    }
+
+    /// The permission bits for a created file.
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Extra `open(2)` flags, e.g. `libc::O_DIRECT`.
+    pub fn custom_flags(&mut self, flags: i32) -> &mut Self {
+        self.custom_flags = flags;
+        self
+    }
+
+    fn flags(&self) -> io::Result<i32> {
+        let acc = match (self.read, self.write || self.append) {
+            (true, false) => libc::O_RDONLY,
+            (false, true) => libc::O_WRONLY,
+            (true, true) => libc::O_RDWR,
+            (false, false) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "OpenOptions: neither read nor write nor append is set",
+                ));
+            }
+        };
+        let writing = self.write || self.append;
+        if (self.truncate || self.create || self.create_new) && !writing {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "OpenOptions: truncate/create/create_new need write or append",
+            ));
+        }
+        if self.truncate && self.append {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "OpenOptions: truncate and append together",
+            ));
+        }
+        let mut f = acc | self.custom_flags;
+        if self.append {
+            f |= libc::O_APPEND;
+        }
+        if self.truncate {
+            f |= libc::O_TRUNC;
+        }
+        if self.create_new {
+            f |= libc::O_CREAT | libc::O_EXCL;
+        } else if self.create {
+            f |= libc::O_CREAT;
+        }
+        Ok(f)
+    }
+
+    /// Opens `path` (`openat`).
+    pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        let flags = self.flags()?;
+        let p = cpath(path.as_ref())?;
+        let fd = Op::new(ops::OpenAt::new(p, flags, self.mode)).await?;
+        Ok(File { fd: Some(fd) })
+    }
+}
+
+/// An open file. Reads and writes take an offset (`pread`/`pwrite`), so one
+/// file can serve many concurrent ops.
+#[derive(Debug)]
+pub struct File {
+    fd: Option<OwnedFd>,
+}
+
+impl File {
+    /// Opens `path` read-only.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new().read(true).open(path).await
+    }
+
+    /// Creates (or truncates) `path` for writing.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .await
+    }
+
+    /// Takes over a std file.
+    pub fn from_std(f: std::fs::File) -> File {
+        File {
+            fd: Some(OwnedFd::from(f)),
+        }
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
+    }
+
+    /// Reads at `pos` into `buf`'s spare capacity; `Ok(0)` at end of file.
+    pub fn read_at<B: IoBufMut>(
+        &self,
+        buf: B,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        Op::new(Read::new(self.raw(), buf, Some(pos), false))
+    }
+
+    /// Fills `buf`'s spare capacity from `pos`; end of file first is an
+    /// `UnexpectedEof` error (the bytes read stay in `buf`).
+    pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
+        let mut pos = pos;
+        while buf.bytes_init() < buf.bytes_total() {
+            let before = buf.bytes_init();
+            let (res, b) = self.read_at(buf, pos).await;
+            buf = b;
+            match res {
+                Ok(0) => {
+                    return (
+                        Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "end of file after {} of {} bytes",
+                                before,
+                                buf.bytes_total()
+                            ),
+                        )),
+                        buf,
+                    );
+                }
+                Ok(n) => pos += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Writes `buf`'s initialised bytes at `pos` (maybe not all).
+    pub fn write_at<B: IoBuf>(
+        &self,
+        buf: B,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        Op::new(Write::new(self.raw(), buf, Some(pos), false))
+    }
+
+    /// Writes all of `buf`'s initialised bytes at `pos`.
+    pub async fn write_all_at<B: IoBuf>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
+        let total = buf.bytes_init();
+        let mut done = 0;
+        while done < total {
+            let (res, s) = Op::new(Write::new(
+                self.raw(),
+                buf.slice(done..total),
+                Some(pos + done as u64),
+                false,
+            ))
+            .await;
+            buf = s.into_inner();
+            match res {
+                Ok(0) => {
+                    return (
+                        Err(io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            "the file accepted no bytes",
+                        )),
+                        buf,
+                    );
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Vectored read at `pos`.
+    pub fn readv_at<B: IoBufMut>(
+        &self,
+        bufs: Vec<B>,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        Op::new(ReadV::new(self.raw(), bufs, Some(pos), false))
+    }
+
+    /// Vectored write at `pos`.
+    pub fn writev_at<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        Op::new(WriteV::new(self.raw(), bufs, Some(pos), false))
+    }
+
+    /// Flushes data and metadata to the device (`fsync`).
+    pub async fn sync_all(&self) -> io::Result<()> {
+        Op::new(ops::Fsync::new(self.raw(), false)).await
+    }
+
+    /// Flushes data to the device (`fdatasync`).
+    pub async fn sync_data(&self) -> io::Result<()> {
+        Op::new(ops::Fsync::new(self.raw(), true)).await
+    }
+
+    /// `fallocate(mode, offset, len)`; mode 0 allocates and extends.
+    pub async fn fallocate(&self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        Op::new(ops::Fallocate::new(self.raw(), mode, offset, len)).await
+    }
+
+    /// Truncates or extends to `len` bytes.
+    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        let sqe_ok =
+            context::current_driver().is_some_and(|d| !d.is_uring() || d.features.ftruncate);
+        if sqe_ok {
+            Op::new(ops::Ftruncate::new(self.raw(), len)).await
+        } else {
+            // Rings older than 6.9 have no FTRUNCATE: use the pool, on a
+            // duplicate of the descriptor.
+            let fd = self
+                .fd
+                .as_ref()
+                .ok_or_else(|| io::Error::other("file is closed"))?
+                .try_clone()?;
+            let l = context::current().expect("set_len outside a uringio loop");
+            let el = crate::runtime::EventLoop { inner: l };
+            el.run_in_executor(move || {
+                nix::unistd::ftruncate(&fd, len as i64).map_err(io::Error::from)
+            })
+            .await
+        }
+    }
+
+    /// Size, type, times and permissions (`statx`).
+    pub async fn metadata(&self) -> io::Result<Metadata> {
+        Op::new(ops::Statx::fd(self.raw())).await.map(Metadata)
+    }
+
+    /// Closes the file, reporting the close error if there is one.
+    pub async fn close(mut self) -> io::Result<()> {
+        match self.fd.take() {
+            Some(fd) => Op::new(ops::Close::new(fd)).await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl AsRawFd for File {
+    fn as_raw_fd(&self) -> RawFd {
+        self.raw()
+    }
+}
+
+impl AsFd for File {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_ref().expect("file is open").as_fd()
+    }
+}
+
+/// File metadata from `statx`.
+#[derive(Clone, Copy)]
+pub struct Metadata(libc::statx);
+
+impl std::fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metadata")
+            .field("len", &self.len())
+            .field("is_dir", &self.is_dir())
+            .field("mode", &format_args!("{:o}", self.mode()))
+            .finish()
+    }
+}
+
+fn ts(t: libc::statx_timestamp) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(t.tv_sec as u64, t.tv_nsec)
+}
+
+impl Metadata {
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.0.stx_size
+    }
+
+    /// Whether the size is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A regular file.
+    pub fn is_file(&self) -> bool {
+        u32::from(self.0.stx_mode) & libc::S_IFMT == libc::S_IFREG
+    }
+
+    /// A directory.
+    pub fn is_dir(&self) -> bool {
+        u32::from(self.0.stx_mode) & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// A symbolic link (only from [`symlink_metadata`]).
+    pub fn is_symlink(&self) -> bool {
+        u32::from(self.0.stx_mode) & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    /// The permission bits and file type (`st_mode`).
+    pub fn mode(&self) -> u32 {
+        u32::from(self.0.stx_mode)
+    }
+
+    /// Last modification time.
+    pub fn modified(&self) -> SystemTime {
+        ts(self.0.stx_mtime)
+    }
+
+    /// Last access time.
+    pub fn accessed(&self) -> SystemTime {
+        ts(self.0.stx_atime)
+    }
+
+    /// Creation time, if the filesystem records it.
+    pub fn created(&self) -> Option<SystemTime> {
+        (self.0.stx_mask & libc::STATX_BTIME != 0).then(|| ts(self.0.stx_btime))
+    }
+
+    /// Preferred I/O block size.
+    pub fn blksize(&self) -> u32 {
+        self.0.stx_blksize
+    }
+
+    /// Inode number.
+    pub fn ino(&self) -> u64 {
+        self.0.stx_ino
+    }
+}
+
+/// Reads a whole file.
+pub async fn read(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    let f = File::open(path).await?;
+    let size = f.metadata().await.map(|m| m.len() as usize).unwrap_or(0);
+    let mut buf = Vec::with_capacity(size.max(4096) + 1);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity().max(4096));
+        }
+        let pos = buf.len() as u64;
+        let (res, b) = f.read_at(buf, pos).await;
+        buf = b;
+        match res {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    f.close().await?;
+    Ok(buf)
+}
+
+/// Writes `data` to `path`, creating or truncating it.
+pub async fn write(path: impl AsRef<Path>, data: impl Into<Vec<u8>>) -> io::Result<()> {
+    let f = File::create(path).await?;
+    let (res, _) = f.write_all_at(data.into(), 0).await;
+    res?;
+    f.close().await
+}
+
+/// Removes a file.
+pub async fn remove_file(path: impl AsRef<Path>) -> io::Result<()> {
+    Op::new(ops::Unlink::new(cpath(path.as_ref())?, false)).await
+}
+
+/// Removes an empty directory.
+pub async fn remove_dir(path: impl AsRef<Path>) -> io::Result<()> {
+    Op::new(ops::Unlink::new(cpath(path.as_ref())?, true)).await
+}
+
+/// Renames `from` to `to`, replacing `to` if it exists.
+pub async fn rename(from: impl AsRef<Path>, to: impl AsRef<Path>) -> io::Result<()> {
+    Op::new(ops::Rename::new(cpath(from.as_ref())?, cpath(to.as_ref())?)).await
+}
+
+/// Creates a directory (mode 0o777 before umask).
+pub async fn create_dir(path: impl AsRef<Path>) -> io::Result<()> {
+    Op::new(ops::MkDir::new(cpath(path.as_ref())?, 0o777)).await
+}
+
+/// Metadata of `path`, following symlinks.
+pub async fn metadata(path: impl AsRef<Path>) -> io::Result<Metadata> {
+    Op::new(ops::Statx::path(cpath(path.as_ref())?, true))
+        .await
+        .map(Metadata)
+}
+
+/// Metadata of `path` itself, not following a symlink.
+pub async fn symlink_metadata(path: impl AsRef<Path>) -> io::Result<Metadata> {
+    Op::new(ops::Statx::path(cpath(path.as_ref())?, false))
+        .await
+        .map(Metadata)
+}

@@ -1,0 +1,52 @@
+//! Sockets on owned buffers: [`TcpListener`], [`TcpStream`], [`UdpSocket`].
+//!
+//! Every op takes its buffer by value and hands it back with the result
+//! ([`BufResult`](crate::BufResult)). Reads fill the buffer's spare capacity
+//! (`Vec::with_capacity(n)`, or `clear()` a used one); a read into a buffer
+//! without spare capacity is an `InvalidInput` error rather than a false
+//! end-of-stream.
+
+mod socket;
+mod tcp;
+mod udp;
+
+pub(crate) use socket::Socket;
+pub use tcp::{Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// Resolves `addr` (no DNS wait for literal addresses).
+pub(crate) fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+    let v: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    if v.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        ));
+    }
+    Ok(v)
+}
+
+/// Tries `f` on each address, returning the first success or the last error.
+pub(crate) fn each_addr<T>(
+    addrs: &[SocketAddr],
+    mut f: impl FnMut(&SocketAddr) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut last = None;
+    for a in addrs {
+        match f(a) {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
+}
+
+pub(crate) fn no_spare_capacity() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "read buffer has no spare capacity (len == capacity): pass Vec::with_capacity(n) or clear() it",
+    )
+}

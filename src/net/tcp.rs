@@ -1,0 +1,371 @@
+//! TCP: listener (with multishot accept on io_uring) and stream.
+
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use super::{Socket, each_addr, resolve};
+use crate::BufResult;
+use crate::buf::{IoBuf, IoBufMut};
+use crate::driver::Cancellable;
+use crate::driver::op::net as ops;
+use crate::driver::op::{AcceptMulti, Op};
+use crate::runtime::context;
+
+fn domain(a: &SocketAddr) -> i32 {
+    if a.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    }
+}
+
+/// A TCP listening socket.
+pub struct TcpListener {
+    sock: Socket,
+}
+
+impl std::fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("fd", &self.sock.fd())
+            .field("local_addr", &self.local_addr().ok())
+            .finish()
+    }
+}
+
+impl TcpListener {
+    fn bind_with(addr: impl ToSocketAddrs, reuseport: bool) -> io::Result<TcpListener> {
+        let addrs = resolve(addr)?;
+        each_addr(&addrs, |a| {
+            let fd = ops::socket(domain(a), libc::SOCK_STREAM)?;
+            let raw = fd.as_raw_fd();
+            ops::setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            if reuseport {
+                ops::setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+            }
+            ops::bind(raw, a)?;
+            ops::listen(raw, 1024)?;
+            Ok(TcpListener {
+                sock: Socket::new(fd),
+            })
+        })
+    }
+
+    /// Binds and listens on `addr` (`SO_REUSEADDR` set, backlog 1024).
+    pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        Self::bind_with(addr, false)
+    }
+
+    /// Like [`bind`](Self::bind) with `SO_REUSEPORT`, so several loops (one
+    /// per core) can each listen on the same port and the kernel spreads
+    /// connections between them.
+    pub fn bind_reuseport(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
+        Self::bind_with(addr, true)
+    }
+
+    /// Takes over a std listener (made non-blocking).
+    pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
+        l.set_nonblocking(true)?;
+        Ok(TcpListener {
+            sock: Socket::new(OwnedFd::from(l)),
+        })
+    }
+
+    /// Waits for a connection.
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (fd, addr) = Op::new(ops::Accept::new(self.sock.fd())).await?;
+        Ok((TcpStream::from_fd(fd), addr.as_inet()?))
+    }
+
+    /// The connections, as a stream. On io_uring with multishot accept
+    /// (5.19+) one SQE serves every connection; elsewhere it accepts in a
+    /// loop. Dropping the stream cancels the accept; connections the kernel
+    /// accepted meanwhile are closed.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming {
+            listener: self,
+            multi: None,
+            single: None,
+        }
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        ops::sock_name(self.sock.fd(), false)
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.fd()
+    }
+}
+
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.owned().as_fd()
+    }
+}
+
+type AcceptFuture<'a> = Pin<Box<dyn Future<Output = io::Result<(TcpStream, SocketAddr)>> + 'a>>;
+
+/// The stream of [`TcpListener::incoming`].
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+    multi: Option<AcceptMulti>,
+    single: Option<AcceptFuture<'a>>,
+}
+
+impl std::fmt::Debug for Incoming<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("multishot", &self.multi.is_some())
+            .finish()
+    }
+}
+
+impl futures_core::Stream for Incoming<'_> {
+    type Item = io::Result<TcpStream>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.multi.is_none() && this.single.is_none() {
+            let d = context::current_driver().expect("incoming() polled outside a uringio loop");
+            if d.is_uring() && d.features.multishot_accept {
+                this.multi = Some(AcceptMulti::new(this.listener.sock.fd(), d));
+            }
+        }
+        if let Some(m) = &mut this.multi {
+            return m.poll_next(cx).map(|r| Some(r.map(TcpStream::from_fd)));
+        }
+        let l = this.listener;
+        let fut = this.single.get_or_insert_with(|| Box::pin(l.accept()));
+        match fut.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => {
+                this.single = None;
+                Poll::Ready(Some(r.map(|(s, _)| s)))
+            }
+        }
+    }
+}
+
+/// A TCP connection.
+pub struct TcpStream {
+    sock: Socket,
+}
+
+impl std::fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("fd", &self.sock.fd())
+            .field("peer", &self.peer_addr().ok())
+            .finish()
+    }
+}
+
+impl TcpStream {
+    pub(crate) fn from_fd(fd: OwnedFd) -> TcpStream {
+        TcpStream {
+            sock: Socket::new(fd),
+        }
+    }
+
+    /// Takes over a connected std stream (made non-blocking).
+    pub fn from_std(s: std::net::TcpStream) -> io::Result<TcpStream> {
+        s.set_nonblocking(true)?;
+        Ok(TcpStream::from_fd(OwnedFd::from(s)))
+    }
+
+    /// Connects to `addr`, trying each resolved address in turn.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+        let addrs = resolve(addr)?;
+        let mut last = None;
+        for a in &addrs {
+            match Self::connect_one(a).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
+    }
+
+    async fn connect_one(a: &SocketAddr) -> io::Result<TcpStream> {
+        let fd = ops::socket(domain(a), libc::SOCK_STREAM)?;
+        let s = TcpStream::from_fd(fd);
+        Op::new(ops::Connect::new(s.sock.fd(), ops::RawAddr::from_inet(a))).await?;
+        Ok(s)
+    }
+
+    /// Reads into `buf`'s spare capacity; `Ok(0)` at end of stream.
+    pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        Op::new(ops::Read::new(self.sock.fd(), buf, None, true))
+    }
+
+    /// Writes `buf`'s initialised bytes (maybe not all of them).
+    pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        Op::new(ops::Write::new(self.sock.fd(), buf, None, true))
+    }
+
+    /// Writes all of `buf`'s initialised bytes.
+    pub async fn write_all<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
+        write_all(self.sock.fd(), buf).await
+    }
+
+    /// Reads into several buffers' spare capacity, in order.
+    pub fn readv<B: IoBufMut>(
+        &self,
+        bufs: Vec<B>,
+    ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        Op::new(ops::ReadV::new(self.sock.fd(), bufs, None, true))
+    }
+
+    /// Writes several buffers in order, in one system call or SQE.
+    pub fn writev<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+    ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        Op::new(ops::WriteV::new(self.sock.fd(), bufs, None, true))
+    }
+
+    /// Shuts down the read side, the write side or both.
+    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+        ops::shutdown(self.sock.fd(), how)
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        ops::setsockopt_int(
+            self.sock.fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            i32::from(on),
+        )
+    }
+
+    /// Reads `TCP_NODELAY`.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        ops::getsockopt_int(self.sock.fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY).map(|v| v != 0)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        ops::sock_name(self.sock.fd(), true)
+    }
+
+    /// This end's address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        ops::sock_name(self.sock.fd(), false)
+    }
+
+    /// Splits into a read half and a write half that can live in different
+    /// tasks. The socket closes when both are dropped.
+    pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        let s = Rc::new(self);
+        (OwnedReadHalf { s: s.clone() }, OwnedWriteHalf { s })
+    }
+}
+
+pub(crate) async fn write_all<B: IoBuf>(fd: RawFd, mut buf: B) -> BufResult<(), B> {
+    let total = buf.bytes_init();
+    let mut pos = 0;
+    while pos < total {
+        let (res, slice) = Op::new(ops::Write::new(fd, buf.slice(pos..total), None, true)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => {
+                return (
+                    Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the socket accepted no bytes",
+                    )),
+                    buf,
+                );
+            }
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.fd()
+    }
+}
+
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.owned().as_fd()
+    }
+}
+
+/// The read half of [`TcpStream::into_split`].
+#[derive(Debug)]
+pub struct OwnedReadHalf {
+    s: Rc<TcpStream>,
+}
+
+impl OwnedReadHalf {
+    /// See [`TcpStream::read`].
+    pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        self.s.read(buf)
+    }
+
+    /// See [`TcpStream::readv`].
+    pub fn readv<B: IoBufMut>(
+        &self,
+        bufs: Vec<B>,
+    ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        self.s.readv(bufs)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.s.peer_addr()
+    }
+}
+
+/// The write half of [`TcpStream::into_split`]. Dropping it does not shut
+/// the socket down; call [`shutdown`](Self::shutdown) to send FIN.
+#[derive(Debug)]
+pub struct OwnedWriteHalf {
+    s: Rc<TcpStream>,
+}
+
+impl OwnedWriteHalf {
+    /// See [`TcpStream::write`].
+    pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        self.s.write(buf)
+    }
+
+    /// See [`TcpStream::write_all`].
+    pub async fn write_all<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
+        self.s.write_all(buf).await
+    }
+
+    /// See [`TcpStream::writev`].
+    pub fn writev<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+    ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        self.s.writev(bufs)
+    }
+
+    /// Shuts down the write side (sends FIN).
+    pub fn shutdown(&self) -> io::Result<()> {
+        self.s.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.s.peer_addr()
+    }
+}

@@ -1,0 +1,433 @@
+//! The loop itself: ready tasks, `call_soon` callbacks, timers, the remote
+//! queue, and one driver park per iteration.
+//!
+//! One iteration (`run_once`), asyncio's `_run_once` made completion-based:
+//! 1. take what other threads queued (wakes, callbacks);
+//! 2. poll ready tasks, up to a budget, so a busy task cannot starve I/O;
+//! 3. run the callbacks that were queued before this step;
+//! 4. park the driver: timeout 0 if anything is ready, else until the next
+//!    timer; this submits every queued SQE and waits in one system call;
+//! 5. completions have woken their tasks; fire expired timers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::blocking::BlockingPool;
+use super::context;
+use super::{ExceptionContext, TaskInfo, TaskState};
+use crate::driver::Driver;
+use crate::task::raw::{self, PollOutcome, TaskRef};
+use crate::time::timers::Timers;
+
+pub(crate) type ExceptionHandler = Rc<dyn Fn(&ExceptionContext)>;
+
+/// Tasks polled per iteration before the loop looks at I/O again.
+const TASK_BUDGET: usize = 256;
+
+/// What other threads hand to a loop.
+pub(crate) enum Remote {
+    Wake(TaskRef),
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+/// The part of a loop other threads can reach.
+pub(crate) struct Shared {
+    remote: Mutex<Vec<Remote>>,
+    notified: AtomicBool,
+    pub(crate) stop: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Shared {
+    pub(crate) fn new() -> io::Result<Arc<Shared>> {
+        let fd = nix::sys::eventfd::EventFd::from_flags(
+            nix::sys::eventfd::EfdFlags::EFD_CLOEXEC | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )?;
+        Ok(Arc::new(Shared {
+            remote: Mutex::new(Vec::new()),
+            notified: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            eventfd: OwnedFd::from(fd),
+        }))
+    }
+
+    pub(crate) fn wake_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    pub(crate) fn push_wake(&self, t: TaskRef) {
+        self.push(Remote::Wake(t));
+    }
+
+    pub(crate) fn push_call(&self, f: Box<dyn FnOnce() + Send>) {
+        self.push(Remote::Call(f));
+    }
+
+    fn push(&self, r: Remote) {
+        self.remote
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(r);
+        self.notify();
+    }
+
+    /// Wakes the loop if it may be sleeping: one eventfd write per batch.
+    pub(crate) fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let one = 1u64.to_ne_bytes();
+            // An eventfd write only fails if the counter would overflow, in
+            // which case the loop is awake anyway.
+            let _ = nix::unistd::write(&self.eventfd, &one);
+        }
+    }
+
+    fn take(&self) -> Vec<Remote> {
+        if !self.notified.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.remote.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+pub(crate) struct Callback {
+    pub(crate) cancelled: Rc<Cell<bool>>,
+    pub(crate) f: Box<dyn FnOnce()>,
+}
+
+pub(crate) struct Settings {
+    pub debug: bool,
+    pub slow: Duration,
+}
+
+/// The loop's state, shared by `EventLoop` handles on its thread.
+pub(crate) struct LoopInner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) driver: Rc<Driver>,
+    pub(crate) pool: Arc<BlockingPool>,
+    pub(crate) ready: RefCell<VecDeque<TaskRef>>,
+    pub(crate) callbacks: RefCell<VecDeque<Callback>>,
+    pub(crate) timers: RefCell<Timers>,
+    pub(crate) tasks: RefCell<Slab<TaskRef>>,
+    pub(crate) stopping: Cell<bool>,
+    pub(crate) running: Cell<bool>,
+    pub(crate) debug: Cell<bool>,
+    pub(crate) slow: Cell<Duration>,
+    pub(crate) exception_handler: RefCell<Option<ExceptionHandler>>,
+    pub(crate) current_task: Cell<Option<u64>>,
+}
+
+impl LoopInner {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        driver: Driver,
+        pool: Arc<BlockingPool>,
+        settings: Settings,
+    ) -> Rc<LoopInner> {
+        Rc::new(LoopInner {
+            shared,
+            driver: Rc::new(driver),
+            pool,
+            ready: RefCell::new(VecDeque::with_capacity(256)),
+            callbacks: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(Timers::default()),
+            tasks: RefCell::new(Slab::with_capacity(64)),
+            stopping: Cell::new(false),
+            running: Cell::new(false),
+            debug: Cell::new(settings.debug),
+            slow: Cell::new(settings.slow),
+            exception_handler: RefCell::new(None),
+            current_task: Cell::new(None),
+        })
+    }
+
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    /// Registers a freshly spawned task and queues its first poll.
+    pub(crate) fn register(&self, task: TaskRef) {
+        let key = self.tasks.borrow_mut().insert(task.clone());
+        task.header().registry_key.set(key);
+        if context::current_loop_id() == self.id() {
+            raw::schedule_local(task);
+        } else {
+            self.shared.push_wake(task);
+        }
+    }
+
+    fn drain_remote(&self) {
+        for r in self.shared.take() {
+            match r {
+                Remote::Wake(t) => {
+                    if t.header().loop_id() == self.id() {
+                        raw::schedule_local(t);
+                    }
+                }
+                Remote::Call(f) => self.callbacks.borrow_mut().push_back(Callback {
+                    cancelled: Rc::new(Cell::new(false)),
+                    f,
+                }),
+            }
+        }
+    }
+
+    fn poll_task(&self, task: TaskRef) {
+        let s = task.state();
+        task.set_state((s & !raw::SCHEDULED) | raw::RUNNING);
+        self.current_task.set(Some(task.id()));
+        let started = if self.debug.get() {
+            Some(Instant::now())
+        } else {
+            None
+        };
+        let outcome = task.poll();
+        self.current_task.set(None);
+        task.set_state(task.state() & !raw::RUNNING);
+        if let Some(t0) = started {
+            let took = t0.elapsed();
+            if took >= self.slow.get() {
+                log::warn!(
+                    "uringio: executing task {} ({}) took {:.3} seconds",
+                    task.id(),
+                    task.header().name.as_deref().unwrap_or("unnamed"),
+                    took.as_secs_f64()
+                );
+            }
+        }
+        if outcome == PollOutcome::Complete {
+            self.task_done(&task);
+        }
+    }
+
+    fn task_done(&self, task: &TaskRef) {
+        let key = task.header().registry_key.get();
+        let removed = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get(key) {
+                Some(t) if t.same(task) => Some(tasks.remove(key)),
+                _ => None,
+            }
+        };
+        if task.state() & raw::DETACHED != 0 {
+            if let Some(msg) = task.unretrieved_panic() {
+                self.report(ExceptionContext {
+                    message: format!("Task exception was never retrieved: {msg}"),
+                    task_id: Some(crate::task::TaskId(task.id())),
+                    panic_message: Some(msg),
+                });
+                task.drop_stage();
+            }
+        }
+        drop(removed);
+    }
+
+    /// Hands an error to the exception handler, or logs it.
+    pub(crate) fn report(&self, ctx: ExceptionContext) {
+        let h = self.exception_handler.borrow().clone();
+        match h {
+            Some(h) => h(&ctx),
+            None => log::error!("uringio: {}", ctx.message),
+        }
+    }
+
+    /// One loop iteration. `main_ready` says the main future wants a poll,
+    /// so the driver must not block.
+    pub(crate) fn run_once(&self, main_ready: &dyn Fn() -> bool) -> io::Result<()> {
+        self.drain_remote();
+        // 1. ready tasks, bounded.
+        let mut polled = 0;
+        while polled < TASK_BUDGET {
+            let next = self.ready.borrow_mut().pop_front();
+            let Some(t) = next else { break };
+            self.poll_task(t);
+            polled += 1;
+        }
+        // 2. callbacks queued before this step.
+        let n = self.callbacks.borrow().len();
+        for _ in 0..n {
+            let cb = self.callbacks.borrow_mut().pop_front();
+            let Some(cb) = cb else { break };
+            if cb.cancelled.get() {
+                continue;
+            }
+            let t0 = self.debug.get().then(Instant::now);
+            (cb.f)();
+            if let Some(t0) = t0 {
+                let took = t0.elapsed();
+                if took >= self.slow.get() {
+                    log::warn!(
+                        "uringio: executing a callback took {:.3} seconds",
+                        took.as_secs_f64()
+                    );
+                }
+            }
+        }
+        // 3. how long may we sleep?
+        let busy = !self.ready.borrow().is_empty()
+            || !self.callbacks.borrow().is_empty()
+            || self.stopping.get()
+            || self.shared.stop.load(Ordering::Relaxed)
+            || main_ready();
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else {
+            self.timers
+                .borrow()
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        };
+        // 4. submit + wait, one system call.
+        self.driver.park(timeout)?;
+        // 5. timers.
+        let due = self.timers.borrow_mut().expire(Instant::now());
+        for d in due {
+            d.run();
+        }
+        Ok(())
+    }
+
+    /// Drops every task's future (asyncio's "cancel all tasks" at shutdown),
+    /// then gives cancelled I/O a moment to complete.
+    pub(crate) fn cancel_all(&self) {
+        loop {
+            let tasks: Vec<TaskRef> = self.tasks.borrow_mut().drain().collect();
+            if tasks.is_empty() {
+                break;
+            }
+            if self.debug.get() {
+                for t in &tasks {
+                    log::warn!(
+                        "uringio: task {} ({}) was still pending when the loop closed",
+                        t.id(),
+                        t.header().name.as_deref().unwrap_or("unnamed")
+                    );
+                }
+            }
+            for t in &tasks {
+                t.cancel_now();
+            }
+            // Drops of futures may spawn new tasks: go round again.
+        }
+        self.ready.borrow_mut().clear();
+        self.callbacks.borrow_mut().clear();
+        self.timers.borrow_mut().clear();
+    }
+
+    pub(crate) fn all_tasks(&self) -> Vec<TaskInfo> {
+        self.tasks
+            .borrow()
+            .iter()
+            .map(|(_, t)| {
+                let s = t.state();
+                TaskInfo {
+                    id: crate::task::TaskId(t.id()),
+                    name: t.header().name.as_deref().map(str::to_string),
+                    state: if s & raw::RUNNING != 0 {
+                        TaskState::Running
+                    } else if s & raw::SCHEDULED != 0 {
+                        TaskState::Scheduled
+                    } else {
+                        TaskState::Waiting
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+/// Wakes the main future of `block_on`.
+struct MainWaker {
+    woken: AtomicBool,
+    shared: Arc<Shared>,
+    loop_id: usize,
+}
+
+impl Wake for MainWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if context::current_loop_id() != self.loop_id {
+            self.shared.notify();
+        }
+    }
+}
+
+/// Runs the loop until `fut` completes (or, with `None`, until stopped).
+pub(crate) fn block_on<F: Future>(inner: &Rc<LoopInner>, fut: F) -> F::Output {
+    let _guard = match context::enter(inner) {
+        Ok(g) => g,
+        Err(msg) => panic!("{msg}"),
+    };
+    inner.running.set(true);
+    struct NotRunning<'a>(&'a LoopInner);
+    impl Drop for NotRunning<'_> {
+        fn drop(&mut self) {
+            self.0.running.set(false);
+        }
+    }
+    let _nr = NotRunning(inner);
+    let main = Arc::new(MainWaker {
+        woken: AtomicBool::new(true),
+        shared: inner.shared.clone(),
+        loop_id: inner.id(),
+    });
+    let waker = Waker::from(main.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if main.woken.swap(false, Ordering::AcqRel) {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+        let woken = || main.woken.load(Ordering::Acquire);
+        if let Err(e) = inner.run_once(&woken) {
+            panic!("uringio: the driver failed: {e}");
+        }
+    }
+}
+
+/// Runs the loop until `stop()` is called.
+pub(crate) fn run_until_stopped(inner: &Rc<LoopInner>) {
+    let _guard = match context::enter(inner) {
+        Ok(g) => g,
+        Err(msg) => panic!("{msg}"),
+    };
+    inner.running.set(true);
+    inner.stopping.set(false);
+    loop {
+        if let Err(e) = inner.run_once(&|| false) {
+            inner.running.set(false);
+            panic!("uringio: the driver failed: {e}");
+        }
+        if inner.stopping.get() || inner.shared.stop.swap(false, Ordering::AcqRel) {
+            break;
+        }
+    }
+    inner.stopping.set(false);
+    inner.running.set(false);
+}
+
+/// Enters the loop's context to tear it down: cancel the tasks and let the
+/// driver settle.
+pub(crate) fn shutdown(inner: &Rc<LoopInner>) {
+    match context::enter(inner) {
+        Ok(_g) => inner.cancel_all(),
+        Err(_) => inner.cancel_all(),
+    }
+    inner.pool.shutdown();
+}
