@@ -45,6 +45,8 @@ pub(crate) enum Remote {
 pub(crate) struct Shared {
     remote: Mutex<Vec<Remote>>,
     notified: AtomicBool,
+    /// The loop is (about to be) blocked in the driver.
+    parked: AtomicBool,
     /// The loop is closed: what is pushed now is dropped at once.
     closed: AtomicBool,
     pub(crate) stop: AtomicBool,
@@ -59,6 +61,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             remote: Mutex::new(Vec::new()),
             notified: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             eventfd: OwnedFd::from(fd),
@@ -102,9 +105,11 @@ impl Shared {
         drop(left);
     }
 
-    /// Wakes the loop if it may be sleeping: one eventfd write per batch.
+    /// Wakes the loop if it is sleeping: at most one eventfd write per
+    /// batch, and none while the loop is awake (it looks at `notified`
+    /// before it sleeps; see `run_once`).
     pub(crate) fn notify(&self) {
-        if !self.notified.swap(true, Ordering::AcqRel) {
+        if !self.notified.swap(true, Ordering::SeqCst) && self.parked.load(Ordering::SeqCst) {
             let one = 1u64.to_ne_bytes();
             // An eventfd write only fails if the counter would overflow, in
             // which case the loop is awake anyway.
@@ -113,7 +118,7 @@ impl Shared {
     }
 
     fn take(&self) -> Vec<Remote> {
-        if !self.notified.swap(false, Ordering::AcqRel) {
+        if !self.notified.swap(false, Ordering::SeqCst) {
             return Vec::new();
         }
         std::mem::take(&mut *self.remote.lock().unwrap_or_else(|e| e.into_inner()))
@@ -334,7 +339,22 @@ impl LoopInner {
         let skip = busy && self.since_park.get() < TASK_BUDGET && !self.driver.has_queued_work();
         if !skip {
             self.since_park.set(0);
-            self.driver.park(timeout)?;
+            // Before sleeping, say so, then look once more for remote work:
+            // a thread that queued work either sees `parked` and writes the
+            // eventfd, or we see its `notified` here (both SeqCst).
+            let mut timeout = timeout;
+            let sleeping = timeout != Some(Duration::ZERO);
+            if sleeping {
+                self.shared.parked.store(true, Ordering::SeqCst);
+                if self.shared.notified.load(Ordering::SeqCst) {
+                    timeout = Some(Duration::ZERO);
+                }
+            }
+            let r = self.driver.park(timeout);
+            if sleeping {
+                self.shared.parked.store(false, Ordering::SeqCst);
+            }
+            r?;
         }
         // 5. timers.
         let due = {
