@@ -25,10 +25,11 @@
 //!   messages arrive while it sleeps, it is woken once.
 //! - **Senders** (bounded only). Finding the ring full, a sender joins the
 //!   FIFO `tx.waiters`, raises `tx.parked`, then tries once more. After each
-//!   message taken, the receiver reads `tx.parked`; if raised, it wakes the
-//!   oldest waiter (taking it off the list), and lowers the flag once the
-//!   list is empty. One freed slot, one wake-up; while the woken sender's
-//!   loop gets round to it, the receiver usually frees many more.
+//!   message taken, the receiver reads `tx.parked`; if raised, it counts the
+//!   freed slot and (once per batch) schedules a release at the end of its
+//!   loop's iteration, which wakes as many waiters as slots were freed,
+//!   oldest first, and lowers the flag once the list is empty. Off a loop
+//!   the release happens at once.
 //! - Each "enqueue or dequeue, then read the other side's flag" pairs with
 //!   "raise the flag, then look again", with a `SeqCst` fence between the
 //!   two steps on both sides: the store-then-load handshake (Dekker's). At
@@ -62,7 +63,7 @@
 use std::collections::VecDeque;
 use std::mem;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
-use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::task::{Poll, Waker};
 
 use super::error::TrySendError;
@@ -83,7 +84,8 @@ pub(super) struct Chan<T> {
     /// The receiver is gone or closed the channel.
     rx_closed: AtomicBool,
     rx: Padded<RxPark>,
-    tx: Padded<TxPark>,
+    /// Shared with the deferred release callback (see `slot_freed`).
+    tx: Arc<Padded<TxPark>>,
 }
 
 /// The sending side of the underlying queue.
@@ -102,6 +104,42 @@ struct RxPark {
 struct TxPark {
     parked: AtomicBool,
     waiters: Mutex<Waiters>,
+    /// Slots freed since the last release (while senders were parked).
+    freed: AtomicUsize,
+    /// A release is scheduled on the receiver's loop.
+    scheduled: AtomicBool,
+}
+
+impl TxPark {
+    /// Wakes as many parked senders as slots were freed (at least one),
+    /// oldest first.
+    fn release(&self) {
+        // Lower the flag first: a slot freed from now on schedules anew.
+        self.scheduled.store(false, Ordering::SeqCst);
+        let n = self.freed.swap(0, Ordering::SeqCst).max(1);
+        let woken: Vec<Waiter> = {
+            let mut ws = lock(&self.waiters);
+            let k = n.min(ws.list.len());
+            let w = ws.list.drain(..k).collect();
+            if ws.list.is_empty() {
+                self.parked.store(false, Ordering::SeqCst);
+            }
+            w
+        };
+        for w in woken {
+            w.waker.wake();
+        }
+    }
+}
+
+/// Runs a release when dropped: by the loop's callback, or, if the loop
+/// closes before running it, by the callback's drop (nobody is forgotten).
+struct Release(Arc<Padded<TxPark>>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.0.release();
+    }
 }
 
 struct Waiters {
@@ -142,13 +180,15 @@ impl<T> Chan<T> {
                 parked: AtomicBool::new(false),
                 waker: Mutex::new(None),
             }),
-            tx: Padded(TxPark {
+            tx: Arc::new(Padded(TxPark {
                 parked: AtomicBool::new(false),
                 waiters: Mutex::new(Waiters {
                     list: VecDeque::new(),
                     next_id: 0,
                 }),
-            }),
+                freed: AtomicUsize::new(0),
+                scheduled: AtomicBool::new(false),
+            })),
         };
         (chan, Cursor { rx })
     }
@@ -328,25 +368,38 @@ impl<T> Chan<T> {
             // A slot is free; now read the senders' flag (handshake).
             fence(Ordering::SeqCst);
             if self.tx.0.parked.load(Ordering::Relaxed) {
-                self.release_sender();
+                self.slot_freed();
             }
         }
         Some(v)
     }
 
-    /// A slot was freed while senders wait: wake the oldest.
-    fn release_sender(&self) {
-        let tx = &self.tx.0;
-        let w = {
-            let mut ws = lock(&tx.waiters);
-            let w = ws.list.pop_front();
-            if ws.list.is_empty() {
-                tx.parked.store(false, Ordering::SeqCst);
+    /// A slot was freed while senders wait. Once half the channel is free
+    /// the senders are woken at once (they refill it while the receiver
+    /// drains the rest); before that, on a loop thread, the wake-up is
+    /// deferred to the end of the loop's current iteration (a `call_soon`
+    /// callback): one cross-thread wake-up per batch instead of one per
+    /// message, and never later than the receiver's next trip round its
+    /// loop. Off a loop (blocking receive) senders are woken at once.
+    fn slot_freed(&self) {
+        let tx = &self.tx;
+        let freed = tx.0.freed.fetch_add(1, Ordering::SeqCst) + 1;
+        let cap = self.capacity().unwrap_or(1);
+        if freed >= (cap / 2).max(1) {
+            // Half the channel is free: wake senders now, so they refill it
+            // while we drain the rest (the two loops work in parallel).
+            tx.0.release();
+            return;
+        }
+        if tx.0.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let guard = Release(Arc::clone(tx));
+        match crate::runtime::try_running_loop() {
+            Some(l) => {
+                l.call_soon(move || drop(guard));
             }
-            w
-        };
-        if let Some(w) = w {
-            w.waker.wake();
+            None => drop(guard),
         }
     }
 
