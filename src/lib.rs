@@ -33,6 +33,7 @@ pub mod fs;
 pub mod future;
 pub mod net;
 pub mod queue;
+pub mod rt;
 pub mod runtime;
 pub mod signal;
 pub mod sync;

@@ -1,0 +1,114 @@
+//! Thread-per-core launcher: one pinned loop per thread, peers reachable
+//! through their `LoopHandle`s.
+mod common;
+
+use std::time::Duration;
+
+use common::BACKENDS;
+use uringio::rt::{Builder, CoreContext};
+
+#[test]
+fn launch_runs_one_loop_per_thread_and_returns_in_id_order() {
+    for b in BACKENDS {
+        let outs = Builder::new()
+            .backend(b)
+            .thread_per_core(3)
+            .pin_cpus(true)
+            .launch(move |core: CoreContext| async move {
+                assert_eq!(core.peers.len(), 3);
+                let backend = uringio::get_running_loop().backend();
+                let name = std::thread::current().name().map(str::to_string);
+                (core.id, backend, name)
+            })
+            .unwrap();
+        assert_eq!(outs.len(), 3);
+        for (i, (id, backend, name)) in outs.into_iter().enumerate() {
+            assert_eq!(id, i);
+            assert_eq!(backend, b);
+            assert_eq!(name.as_deref(), Some(format!("uringio-core-{i}").as_str()));
+        }
+    }
+}
+
+#[test]
+fn peers_run_work_for_each_other() {
+    for b in BACKENDS {
+        let outs = Builder::new()
+            .backend(b)
+            .thread_per_core(2)
+            .launch(move |core: CoreContext| async move {
+                let other = core.peers[1 - core.id].clone();
+                let me = core.id;
+                // Ask the other loop to sleep a little and say who it is.
+                let remote = other.spawn_with(move || async move {
+                    uringio::sleep(Duration::from_millis(5)).await;
+                    (me, std::thread::current().name().map(str::to_string))
+                });
+                uringio::timeout(Duration::from_secs(5), remote)
+                    .await
+                    .expect("peer answered in time")
+                    .expect("peer task finished")
+            })
+            .unwrap();
+        assert_eq!(outs[0], (0, Some("uringio-core-1".to_string())));
+        assert_eq!(outs[1], (1, Some("uringio-core-0".to_string())));
+    }
+}
+
+#[test]
+fn channels_between_cores() {
+    for b in BACKENDS {
+        let (tx, rx) = uringio::channel::bounded::<u64>(16);
+        let rx = std::sync::Mutex::new(Some(rx));
+        let tx = std::sync::Mutex::new(Some(tx));
+        let outs = Builder::new()
+            .backend(b)
+            .thread_per_core(2)
+            .launch(move |core: CoreContext| {
+                let tx = if core.id == 0 {
+                    tx.lock().unwrap().take()
+                } else {
+                    None
+                };
+                let rx = if core.id == 1 {
+                    rx.lock().unwrap().take()
+                } else {
+                    None
+                };
+                async move {
+                    if let Some(tx) = tx {
+                        for i in 0..10_000u64 {
+                            tx.send(i).await.unwrap();
+                        }
+                        0
+                    } else {
+                        let mut rx = rx.expect("core 1 has the receiver");
+                        let mut sum = 0;
+                        while let Some(v) = uringio::timeout(Duration::from_secs(5), rx.recv())
+                            .await
+                            .unwrap()
+                        {
+                            sum += v;
+                        }
+                        sum
+                    }
+                }
+            })
+            .unwrap();
+        assert_eq!(outs[1], (0..10_000u64).sum::<u64>());
+    }
+}
+
+#[test]
+fn a_panicking_core_is_an_error() {
+    let r = Builder::new()
+        .backend(uringio::Backend::Epoll)
+        .thread_per_core(2)
+        .launch(|core: CoreContext| async move {
+            if core.id == 1 {
+                panic!("core 1 fails");
+            }
+            core.id
+        });
+    assert!(r.is_err());
+}
