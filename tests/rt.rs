@@ -33,21 +33,36 @@ fn launch_runs_one_loop_per_thread_and_returns_in_id_order() {
 #[test]
 fn peers_run_work_for_each_other() {
     for b in BACKENDS {
+        // A loop stops serving once its own future is done: each core waits
+        // until both have their answer.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let outs = Builder::new()
             .backend(b)
             .thread_per_core(2)
-            .launch(move |core: CoreContext| async move {
-                let other = core.peers[1 - core.id].clone();
-                let me = core.id;
-                // Ask the other loop to sleep a little and say who it is.
-                let remote = other.spawn_with(move || async move {
-                    uringio::sleep(Duration::from_millis(5)).await;
-                    (me, std::thread::current().name().map(str::to_string))
-                });
-                uringio::timeout(Duration::from_secs(5), remote)
+            .launch(move |core: CoreContext| {
+                let done = done.clone();
+                async move {
+                    let other = core.peers[1 - core.id].clone();
+                    let me = core.id;
+                    // Ask the other loop to sleep a little and say who it is.
+                    let remote = other.spawn_with(move || async move {
+                        uringio::sleep(Duration::from_millis(5)).await;
+                        (me, std::thread::current().name().map(str::to_string))
+                    });
+                    let answer = uringio::timeout(Duration::from_secs(5), remote)
+                        .await
+                        .expect("peer answered in time")
+                        .expect("peer task finished");
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    uringio::timeout(Duration::from_secs(5), async {
+                        while done.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                            uringio::sleep(Duration::from_millis(1)).await;
+                        }
+                    })
                     .await
-                    .expect("peer answered in time")
-                    .expect("peer task finished")
+                    .expect("both cores answered");
+                    answer
+                }
             })
             .unwrap();
         assert_eq!(outs[0], (0, Some("uringio-core-1".to_string())));
