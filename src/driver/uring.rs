@@ -349,12 +349,16 @@ impl Uring {
     /// Hands every held SQE to the ring. An SQE the ring refuses fails its
     /// op with the error.
     fn flush(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        for (key, sqe) in pending.into_iter().flatten() {
+        let mut pending = std::mem::take(&mut self.pending);
+        for (key, sqe) in pending.drain(..).flatten() {
             self.pending_idx[key] = NOT_PENDING;
             if let Err(e) = self.push(sqe) {
                 self.fail(key, -e.raw_os_error().unwrap_or(libc::EIO));
             }
+        }
+        // Keep the allocation for the next iteration.
+        if self.pending.is_empty() {
+            self.pending = pending;
         }
     }
 
