@@ -1,0 +1,412 @@
+//! Echo benchmark: uringio on io_uring, uringio on epoll and tokio
+//! `current_thread`, same workload, same run.
+//!
+//! Each server runs on one thread pinned to CPU 0. The load comes from one
+//! client thread pinned to CPU 1: a uringio loop on io_uring (the same
+//! client for every server) with 64 connections, each sending a message and
+//! waiting for the whole echo before sending the next (ping-pong). Every
+//! accepted and connecting socket gets `TCP_NODELAY`, on every server.
+//!
+//! Reported per server: echoed messages per second, the server thread's CPU
+//! time per message (`CLOCK_THREAD_CPUTIME_ID` of the server thread, read at
+//! the edges of the measured window) and both as a ratio to tokio. Servers
+//! are run alternately, several rounds, and the medians are printed.
+//!
+//! Environment:
+//! - `ECHO_SECS`   seconds measured per run (default 10)
+//! - `ECHO_WARMUP` seconds of warm-up per run, not measured (default 1)
+//! - `ECHO_SIZES`  message sizes in bytes, comma-separated (default 1024)
+//! - `ECHO_ROUNDS` rounds of all servers, alternated (default 3)
+//! - `ECHO_CONNS`  connections (default 64)
+//! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio`
+//!
+//! ```text
+//! cargo bench --bench echo
+//! ECHO_SECS=3 ECHO_SIZES=64,1024,16384 cargo bench --bench echo
+//! ```
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+use uringio::{Backend, Runner};
+
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
+/// Read buffer of every server, per connection.
+const SERVER_BUF: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Server {
+    UringIo,
+    Epoll,
+    Tokio,
+}
+
+impl Server {
+    const ALL: [Server; 3] = [Server::UringIo, Server::Epoll, Server::Tokio];
+
+    fn name(self) -> &'static str {
+        match self {
+            Server::UringIo => "uringio io_uring",
+            Server::Epoll => "uringio epoll",
+            Server::Tokio => "tokio current_thread",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Server::UringIo => "uring",
+            Server::Epoll => "epoll",
+            Server::Tokio => "tokio",
+        }
+    }
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
+        eprintln!("echo bench: cannot pin to CPU {cpu}: {e} (results will be noisier)");
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+/// CPU time consumed so far by a thread of this process.
+fn thread_cpu(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id from pthread_getcpuclockid and a valid timespec.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime on the server thread's CPU clock");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A server running on its own pinned thread.
+struct RunningServer {
+    addr: SocketAddr,
+    cpu_clock: libc::clockid_t,
+    stop: Box<dyn FnOnce()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningServer {
+    fn shutdown(self) {
+        (self.stop)();
+        self.thread.join().expect("server thread panicked");
+    }
+}
+
+fn start_server(kind: Server) -> RunningServer {
+    let (tx, rx) = mpsc::channel::<(SocketAddr, Box<dyn FnOnce() + Send>)>();
+    let thread = std::thread::Builder::new()
+        .name(format!("server-{}", kind.key()))
+        .spawn(move || {
+            pin_to(SERVER_CPU);
+            match kind {
+                Server::UringIo => uringio_server(Backend::IoUring, tx),
+                Server::Epoll => uringio_server(Backend::Epoll, tx),
+                Server::Tokio => tokio_server(tx),
+            }
+        })
+        .expect("spawn server thread");
+    let (addr, stop) = rx.recv().expect("server failed to start");
+    let mut cpu_clock: libc::clockid_t = 0;
+    // SAFETY: the thread is alive (it is waiting in its loop) and joinable.
+    let r = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut cpu_clock) };
+    assert_eq!(r, 0, "pthread_getcpuclockid");
+    RunningServer {
+        addr,
+        cpu_clock,
+        stop: Box::new(stop),
+        thread,
+    }
+}
+
+type Ready = mpsc::Sender<(SocketAddr, Box<dyn FnOnce() + Send>)>;
+
+fn uringio_server(backend: Backend, ready: Ready) {
+    let mut rt = Runner::builder()
+        .backend(backend)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a uringio loop on {backend}: {e}"));
+    assert_eq!(rt.backend(), backend);
+    let handle = rt.handle();
+    rt.run(async move {
+        let listener = uringio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        uringio::spawn(async move {
+            let mut incoming = listener.incoming();
+            while let Some(conn) = incoming.next().await {
+                let Ok(s) = conn else { continue };
+                s.set_nodelay(true).expect("TCP_NODELAY");
+                uringio::spawn(async move {
+                    let mut buf = Vec::with_capacity(SERVER_BUF);
+                    loop {
+                        buf.clear();
+                        let (res, b) = s.read(buf).await;
+                        buf = b;
+                        match res {
+                            Ok(n) if n > 0 => {}
+                            _ => return,
+                        }
+                        let (res, b) = s.write_all(buf).await;
+                        buf = b;
+                        if res.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .detach();
+            }
+        })
+        .detach();
+        let stop = move || handle.stop();
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+    });
+    rt.run_forever();
+}
+
+fn tokio_server(ready: Ready) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = move || {
+            let _ = stop_tx.send(());
+        };
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                conn = listener.accept() => {
+                    let Ok((mut s, _)) = conn else { continue };
+                    s.set_nodelay(true).expect("TCP_NODELAY");
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; SERVER_BUF];
+                        loop {
+                            let n = match s.read(&mut buf).await {
+                                Ok(n) if n > 0 => n,
+                                _ => return,
+                            };
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    msgs_per_sec: f64,
+    cpu_ns_per_msg: f64,
+}
+
+struct Settings {
+    secs: f64,
+    warmup: f64,
+    conns: usize,
+}
+
+/// Drives `server` with the ping-pong load for one run.
+fn run_load(client: &mut Runner, server: &RunningServer, size: usize, s: &Settings) -> Sample {
+    let addr = server.addr;
+    let clock = server.cpu_clock;
+    client.run(async move {
+        let count = Rc::new(Cell::new(0u64));
+        let stop = Rc::new(Cell::new(false));
+        let mut streams = Vec::with_capacity(s.conns);
+        for _ in 0..s.conns {
+            let c = uringio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the server");
+            c.set_nodelay(true).expect("TCP_NODELAY");
+            streams.push(c);
+        }
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|c| {
+                let count = count.clone();
+                let stop = stop.clone();
+                uringio::spawn(async move {
+                    let mut out = vec![0xA5u8; size];
+                    let mut back = Vec::with_capacity(size);
+                    while !stop.get() {
+                        let (res, b) = c.write_all(out).await;
+                        out = b;
+                        res.expect("client write");
+                        back.clear();
+                        while back.len() < size {
+                            let (res, b) = c.read(back).await;
+                            back = b;
+                            match res {
+                                Ok(0) => panic!("server closed the connection"),
+                                Ok(_) => {}
+                                Err(e) => panic!("client read: {e}"),
+                            }
+                        }
+                        count.set(count.get() + 1);
+                    }
+                })
+            })
+            .collect();
+        uringio::sleep(Duration::from_secs_f64(s.warmup)).await;
+        let (n0, cpu0, t0) = (count.get(), thread_cpu(clock), Instant::now());
+        uringio::sleep(Duration::from_secs_f64(s.secs)).await;
+        let (n1, cpu1, t1) = (count.get(), thread_cpu(clock), Instant::now());
+        stop.set(true);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let msgs = (n1 - n0) as f64;
+        Sample {
+            msgs_per_sec: msgs / (t1 - t0).as_secs_f64(),
+            cpu_ns_per_msg: (cpu1 - cpu0).as_nanos() as f64 / msgs.max(1.0),
+        }
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let settings = Settings {
+        secs: env_num("ECHO_SECS", 10.0),
+        warmup: env_num("ECHO_WARMUP", 1.0),
+        conns: env_num("ECHO_CONNS", 64usize),
+    };
+    let rounds: usize = env_num("ECHO_ROUNDS", 3usize).max(1);
+    let sizes: Vec<usize> = std::env::var("ECHO_SIZES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .expect("ECHO_SIZES: comma-separated byte counts")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1024]);
+    let servers: Vec<Server> = match std::env::var("ECHO_ONLY") {
+        Ok(v) if !v.trim().is_empty() => Server::ALL
+            .into_iter()
+            .filter(|s| v.split(',').any(|k| k.trim() == s.key()))
+            .collect(),
+        _ => Server::ALL.to_vec(),
+    };
+
+    pin_to(CLIENT_CPU);
+    let mut client = Runner::builder()
+        .backend(Backend::IoUring)
+        .build()
+        .expect("the load client needs io_uring");
+    println!(
+        "echo: {} connections, ping-pong, {}s measured (+{}s warm-up) per run, {} round(s); \
+         server on CPU {SERVER_CPU}, uringio io_uring client on CPU {CLIENT_CPU}",
+        settings.conns, settings.secs, settings.warmup, rounds
+    );
+
+    for &size in &sizes {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
+        for round in 0..rounds {
+            // Rotate the starting server each round so none always goes first.
+            for i in 0..servers.len() {
+                let idx = (i + round) % servers.len();
+                let kind = servers[idx];
+                let srv = start_server(kind);
+                let s = run_load(&mut client, &srv, size, &settings);
+                srv.shutdown();
+                eprintln!(
+                    "  {size:>6} B  round {}  {:<22} {:>10.0} msgs/s {:>8.0} ns/msg",
+                    round + 1,
+                    kind.name(),
+                    s.msgs_per_sec,
+                    s.cpu_ns_per_msg
+                );
+                samples[idx].push(s);
+            }
+        }
+        let med: Vec<(f64, f64)> = samples
+            .iter()
+            .map(|v| {
+                (
+                    median(v.iter().map(|s| s.msgs_per_sec).collect()),
+                    median(v.iter().map(|s| s.cpu_ns_per_msg).collect()),
+                )
+            })
+            .collect();
+        let tokio = servers
+            .iter()
+            .position(|&s| s == Server::Tokio)
+            .map(|i| med[i]);
+        println!();
+        println!("message size {size} B (medians of {rounds})");
+        println!(
+            "| {:<22} | {:>10} | {:>17} | {:>14} | {:>11} |",
+            "server", "msgs/s", "server CPU ns/msg", "msgs/s ÷ tokio", "CPU ÷ tokio"
+        );
+        println!(
+            "|{:-<24}|{:->12}|{:->19}|{:->16}|{:->13}|",
+            "", "", "", "", ""
+        );
+        for (i, kind) in servers.iter().enumerate() {
+            let (m, c) = med[i];
+            let (rt, rc) = match tokio {
+                Some((tm, tc)) => (format!("{:.2}", m / tm), format!("{:.2}", c / tc)),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "| {:<22} | {:>10.0} | {:>17.0} | {:>14} | {:>11} |",
+                kind.name(),
+                m,
+                c,
+                rt,
+                rc
+            );
+        }
+        println!();
+    }
+}
