@@ -99,6 +99,41 @@ fn thread_cpu(clock: libc::clockid_t) -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// CPU time (ticks) used by the whole machine and by this process, from
+/// `/proc`: the difference tells whether something else ran during a
+/// measurement (on a shared 2-core machine that skews throughput badly).
+fn machine_and_self_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = cpu.iter().take(8).sum::<u64>()
+        - cpu.get(3).copied().unwrap_or(0)
+        - cpu.get(4).copied().unwrap_or(0);
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let after = me.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    (busy, mine)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
 /// A server running on its own pinned thread.
 struct RunningServer {
     addr: SocketAddr,
@@ -233,6 +268,10 @@ fn tokio_server(ready: Ready) {
 struct Sample {
     msgs_per_sec: f64,
     cpu_ns_per_msg: f64,
+    /// The load client's CPU time per message.
+    client_ns_per_msg: f64,
+    /// CPU used by other processes during the window, in CPUs (0.0–2.0).
+    others: f64,
 }
 
 struct Settings {
@@ -284,17 +323,34 @@ fn run_load(client: &mut Runner, server: &RunningServer, size: usize, s: &Settin
             })
             .collect();
         uringio::sleep(Duration::from_secs_f64(s.warmup)).await;
-        let (n0, cpu0, t0) = (count.get(), thread_cpu(clock), Instant::now());
+        let me = libc::CLOCK_THREAD_CPUTIME_ID;
+        let (m0, s0) = machine_and_self_ticks();
+        let (n0, cpu0, c0, t0) = (
+            count.get(),
+            thread_cpu(clock),
+            thread_cpu(me),
+            Instant::now(),
+        );
         uringio::sleep(Duration::from_secs_f64(s.secs)).await;
-        let (n1, cpu1, t1) = (count.get(), thread_cpu(clock), Instant::now());
+        let (n1, cpu1, c1, t1) = (
+            count.get(),
+            thread_cpu(clock),
+            thread_cpu(me),
+            Instant::now(),
+        );
+        let (m1, s1) = machine_and_self_ticks();
         stop.set(true);
         for t in tasks {
             t.await.expect("client task");
         }
         let msgs = (n1 - n0) as f64;
+        let secs = (t1 - t0).as_secs_f64();
+        let other_ticks = (m1 - m0).saturating_sub(s1 - s0) as f64;
         Sample {
-            msgs_per_sec: msgs / (t1 - t0).as_secs_f64(),
+            msgs_per_sec: msgs / secs,
             cpu_ns_per_msg: (cpu1 - cpu0).as_nanos() as f64 / msgs.max(1.0),
+            client_ns_per_msg: (c1 - c0).as_nanos() as f64 / msgs.max(1.0),
+            others: other_ticks / ticks_per_sec() / secs,
         }
     })
 }
@@ -351,6 +407,7 @@ fn main() {
 
     for &size in &sizes {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
+        let mut busy_runs = 0;
         for round in 0..rounds {
             // Rotate the starting server each round so none always goes first.
             for i in 0..servers.len() {
@@ -360,12 +417,18 @@ fn main() {
                 let s = run_load(&mut client, &srv, size, &settings);
                 srv.shutdown();
                 eprintln!(
-                    "  {size:>6} B  round {}  {:<22} {:>10.0} msgs/s {:>8.0} ns/msg",
+                    "  {size:>6} B  round {}  {:<22} {:>10.0} msgs/s  server {:>6.0} ns/msg  \
+                     client {:>6.0} ns/msg  other processes {:.2} CPUs",
                     round + 1,
                     kind.name(),
                     s.msgs_per_sec,
-                    s.cpu_ns_per_msg
+                    s.cpu_ns_per_msg,
+                    s.client_ns_per_msg,
+                    s.others
                 );
+                if s.others > 0.1 {
+                    busy_runs += 1;
+                }
                 samples[idx].push(s);
             }
         }
@@ -405,6 +468,12 @@ fn main() {
                 c,
                 rt,
                 rc
+            );
+        }
+        if busy_runs > 0 {
+            println!(
+                "warning: other processes used more than 0.1 CPU during {busy_runs} run(s): \
+                 throughput is skewed there (CPU per message much less so)"
             );
         }
         println!();
