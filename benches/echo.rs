@@ -19,10 +19,16 @@
 //! - `ECHO_ROUNDS` rounds of all servers, alternated (default 3)
 //! - `ECHO_CONNS`  connections (default 64)
 //! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio`
+//! - `ECHO_RATE`   also run at these offered loads (total msgs/s,
+//!   comma-separated), each connection paced by timers. At saturation both
+//!   threads are always busy, so server CPU per message is just the inverse
+//!   of throughput; below saturation the server idles and CPU per message
+//!   shows what each runtime really spends (wake-ups included).
 //!
 //! ```text
 //! cargo bench --bench echo
 //! ECHO_SECS=3 ECHO_SIZES=64,1024,16384 cargo bench --bench echo
+//! ECHO_RATE=50000,150000 cargo bench --bench echo
 //! ```
 
 use std::cell::Cell;
@@ -280,8 +286,24 @@ struct Settings {
     conns: usize,
 }
 
+/// How hard the client pushes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Load {
+    /// Every connection sends its next message as soon as the echo is back.
+    Saturate,
+    /// Messages per second offered in total, spread evenly over the
+    /// connections (still one message in flight per connection).
+    Rate(f64),
+}
+
 /// Drives `server` with the ping-pong load for one run.
-fn run_load(client: &mut Runner, server: &RunningServer, size: usize, s: &Settings) -> Sample {
+fn run_load(
+    client: &mut Runner,
+    server: &RunningServer,
+    size: usize,
+    load: Load,
+    s: &Settings,
+) -> Sample {
     let addr = server.addr;
     let clock = server.cpu_clock;
     client.run(async move {
@@ -295,15 +317,37 @@ fn run_load(client: &mut Runner, server: &RunningServer, size: usize, s: &Settin
             c.set_nodelay(true).expect("TCP_NODELAY");
             streams.push(c);
         }
+        let start = Instant::now();
+        let conns = s.conns;
         let tasks: Vec<_> = streams
             .into_iter()
-            .map(|c| {
+            .enumerate()
+            .map(|(i, c)| {
                 let count = count.clone();
                 let stop = stop.clone();
+                // With a rate: this connection's period, and a start offset
+                // that spreads the connections evenly over it.
+                let pace = match load {
+                    Load::Saturate => None,
+                    Load::Rate(r) => {
+                        let period = Duration::from_secs_f64(conns as f64 / r);
+                        Some((period, start + period.mul_f64(i as f64 / conns as f64)))
+                    }
+                };
                 uringio::spawn(async move {
                     let mut out = vec![0xA5u8; size];
                     let mut back = Vec::with_capacity(size);
+                    let mut pace = pace;
                     while !stop.get() {
+                        if let Some((period, next)) = &mut pace {
+                            uringio::sleep_until(*next).await;
+                            *next += *period;
+                            // Fell behind: drop the missed slots, no burst.
+                            let now = Instant::now();
+                            if *next < now {
+                                *next = now;
+                            }
+                        }
                         let (res, b) = c.write_all(out).await;
                         out = b;
                         res.expect("client write");
@@ -386,6 +430,16 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![1024]);
+    let mut loads = vec![Load::Saturate];
+    if let Ok(v) = std::env::var("ECHO_RATE") {
+        loads.extend(v.split(',').filter(|x| !x.trim().is_empty()).map(|x| {
+            Load::Rate(
+                x.trim()
+                    .parse()
+                    .expect("ECHO_RATE: comma-separated messages per second"),
+            )
+        }));
+    }
     let servers: Vec<Server> = match std::env::var("ECHO_ONLY") {
         Ok(v) if !v.trim().is_empty() => Server::ALL
             .into_iter()
@@ -406,76 +460,101 @@ fn main() {
     );
 
     for &size in &sizes {
-        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
-        let mut busy_runs = 0;
-        for round in 0..rounds {
-            // Rotate the starting server each round so none always goes first.
-            for i in 0..servers.len() {
-                let idx = (i + round) % servers.len();
-                let kind = servers[idx];
-                let srv = start_server(kind);
-                let s = run_load(&mut client, &srv, size, &settings);
-                srv.shutdown();
-                eprintln!(
-                    "  {size:>6} B  round {}  {:<22} {:>10.0} msgs/s  server {:>6.0} ns/msg  \
-                     client {:>6.0} ns/msg  other processes {:.2} CPUs",
-                    round + 1,
-                    kind.name(),
-                    s.msgs_per_sec,
-                    s.cpu_ns_per_msg,
-                    s.client_ns_per_msg,
-                    s.others
-                );
-                if s.others > 0.1 {
-                    busy_runs += 1;
-                }
-                samples[idx].push(s);
-            }
+        for &load in &loads {
+            measure(&mut client, &servers, size, load, rounds, &settings);
         }
-        let med: Vec<(f64, f64)> = samples
-            .iter()
-            .map(|v| {
-                (
-                    median(v.iter().map(|s| s.msgs_per_sec).collect()),
-                    median(v.iter().map(|s| s.cpu_ns_per_msg).collect()),
-                )
-            })
-            .collect();
-        let tokio = servers
-            .iter()
-            .position(|&s| s == Server::Tokio)
-            .map(|i| med[i]);
-        println!();
-        println!("message size {size} B (medians of {rounds})");
-        println!(
-            "| {:<22} | {:>10} | {:>17} | {:>14} | {:>11} |",
-            "server", "msgs/s", "server CPU ns/msg", "msgs/s ÷ tokio", "CPU ÷ tokio"
-        );
-        println!(
-            "|{:-<24}|{:->12}|{:->19}|{:->16}|{:->13}|",
-            "", "", "", "", ""
-        );
-        for (i, kind) in servers.iter().enumerate() {
-            let (m, c) = med[i];
-            let (rt, rc) = match tokio {
-                Some((tm, tc)) => (format!("{:.2}", m / tm), format!("{:.2}", c / tc)),
-                None => ("-".into(), "-".into()),
-            };
-            println!(
-                "| {:<22} | {:>10.0} | {:>17.0} | {:>14} | {:>11} |",
-                kind.name(),
-                m,
-                c,
-                rt,
-                rc
-            );
-        }
-        if busy_runs > 0 {
-            println!(
-                "warning: other processes used more than 0.1 CPU during {busy_runs} run(s): \
-                 throughput is skewed there (CPU per message much less so)"
-            );
-        }
-        println!();
     }
+}
+
+/// Runs every server `rounds` times under one load and prints the table.
+fn measure(
+    client: &mut Runner,
+    servers: &[Server],
+    size: usize,
+    load: Load,
+    rounds: usize,
+    settings: &Settings,
+) {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
+    let mut busy_runs = 0;
+    let label = match load {
+        Load::Saturate => "saturating".to_string(),
+        Load::Rate(r) => format!("offered {r:.0} msgs/s"),
+    };
+    for round in 0..rounds {
+        // Rotate the starting server each round so none always goes first.
+        for i in 0..servers.len() {
+            let idx = (i + round) % servers.len();
+            let kind = servers[idx];
+            let srv = start_server(kind);
+            let s = run_load(client, &srv, size, load, settings);
+            srv.shutdown();
+            eprintln!(
+                "  {size:>6} B  {label}  round {}  {:<22} {:>10.0} msgs/s  server {:>6.0} ns/msg  \
+                 client {:>6.0} ns/msg  other processes {:.2} CPUs",
+                round + 1,
+                kind.name(),
+                s.msgs_per_sec,
+                s.cpu_ns_per_msg,
+                s.client_ns_per_msg,
+                s.others
+            );
+            if s.others > 0.1 {
+                busy_runs += 1;
+            }
+            samples[idx].push(s);
+        }
+    }
+    let med: Vec<(f64, f64, f64)> = samples
+        .iter()
+        .map(|v| {
+            (
+                median(v.iter().map(|s| s.msgs_per_sec).collect()),
+                median(v.iter().map(|s| s.cpu_ns_per_msg).collect()),
+                median(v.iter().map(|s| s.client_ns_per_msg).collect()),
+            )
+        })
+        .collect();
+    let tokio = servers
+        .iter()
+        .position(|&s| s == Server::Tokio)
+        .map(|i| med[i]);
+    println!();
+    println!("message size {size} B, {label} (medians of {rounds})");
+    println!(
+        "| {:<22} | {:>10} | {:>17} | {:>14} | {:>11} | {:>17} |",
+        "server",
+        "msgs/s",
+        "server CPU ns/msg",
+        "msgs/s ÷ tokio",
+        "CPU ÷ tokio",
+        "client CPU ns/msg"
+    );
+    println!(
+        "|{:-<24}|{:->12}|{:->19}|{:->16}|{:->13}|{:->19}|",
+        "", "", "", "", "", ""
+    );
+    for (i, kind) in servers.iter().enumerate() {
+        let (m, c, cl) = med[i];
+        let (rt, rc) = match tokio {
+            Some((tm, tc, _)) => (format!("{:.2}", m / tm), format!("{:.2}", c / tc)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {:<22} | {:>10.0} | {:>17.0} | {:>14} | {:>11} | {:>17.0} |",
+            kind.name(),
+            m,
+            c,
+            rt,
+            rc,
+            cl
+        );
+    }
+    if busy_runs > 0 {
+        println!(
+            "warning: other processes used more than 0.1 CPU during {busy_runs} run(s): \
+             throughput is skewed there (CPU per message much less so)"
+        );
+    }
+    println!();
 }
