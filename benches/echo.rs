@@ -19,6 +19,9 @@
 //! - `ECHO_ROUNDS` rounds of all servers, alternated (default 3)
 //! - `ECHO_CONNS`  connections (default 64)
 //! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio`
+//! - `ECHO_QUIET_WAIT` seconds to wait before each run for other processes
+//!   to use under 0.1 CPU (default 30; 0 to not wait). Runs that still saw
+//!   other load are counted in a warning under the table.
 //! - `ECHO_RATE`   also run at these offered loads (total msgs/s,
 //!   comma-separated), each connection paced by timers. At saturation both
 //!   threads are always busy, so server CPU per message is just the inverse
@@ -132,6 +135,29 @@ fn machine_and_self_ticks() -> (u64, u64) {
         .collect();
     let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     (busy, mine)
+}
+
+/// Waits (up to `limit`) until other processes use less than 0.1 CPU over
+/// half a second: on a shared 2-core machine a neighbour's burst halves
+/// the throughput of the run it lands in.
+fn wait_for_quiet(limit: Duration) {
+    let t0 = Instant::now();
+    let mut warned = false;
+    loop {
+        let (m0, s0) = machine_and_self_ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        let (m1, s1) = machine_and_self_ticks();
+        let others = (m1 - m0).saturating_sub(s1 - s0) as f64 / ticks_per_sec() / 0.5;
+        if others < 0.1 || t0.elapsed() >= limit {
+            return;
+        }
+        if !warned {
+            eprintln!(
+                "  (other processes use {others:.2} CPUs; waiting up to {limit:?} for quiet)"
+            );
+            warned = true;
+        }
+    }
 }
 
 fn ticks_per_sec() -> f64 {
@@ -284,6 +310,8 @@ struct Settings {
     secs: f64,
     warmup: f64,
     conns: usize,
+    /// How long to wait for other processes to go quiet before each run.
+    quiet_wait: Duration,
 }
 
 /// How hard the client pushes.
@@ -415,6 +443,7 @@ fn main() {
         secs: env_num("ECHO_SECS", 10.0),
         warmup: env_num("ECHO_WARMUP", 1.0),
         conns: env_num("ECHO_CONNS", 64usize),
+        quiet_wait: Duration::from_secs_f64(env_num("ECHO_QUIET_WAIT", 30.0)),
     };
     let rounds: usize = env_num("ECHO_ROUNDS", 3usize).max(1);
     let sizes: Vec<usize> = std::env::var("ECHO_SIZES")
@@ -486,6 +515,7 @@ fn measure(
         for i in 0..servers.len() {
             let idx = (i + round) % servers.len();
             let kind = servers[idx];
+            wait_for_quiet(settings.quiet_wait);
             let srv = start_server(kind);
             let s = run_load(client, &srv, size, load, settings);
             srv.shutdown();
