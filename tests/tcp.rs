@@ -472,3 +472,36 @@ fn bind_reuseport_twice() {
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     });
 }
+
+/// Data and FIN arrive together: the read that returns the data is short,
+/// and the next read must see end of stream at once (no further input edge
+/// will come on epoll).
+#[test]
+fn short_read_then_eof_that_arrived_with_the_data() {
+    on_both(10, |_| async {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        for round in 0..20u8 {
+            let peer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(&[round; 100]).unwrap();
+                s.shutdown(std::net::Shutdown::Write).unwrap();
+                s
+            });
+            let (s, _) = l.accept().await.unwrap();
+            // Let data and FIN both land before the first read.
+            uringio::sleep(std::time::Duration::from_millis(2)).await;
+            let mut got = Vec::new();
+            loop {
+                let (res, buf) = s.read(Vec::with_capacity(4096)).await;
+                if res.unwrap() == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf);
+            }
+            assert_eq!(got, vec![round; 100]);
+            drop(peer.join().unwrap());
+        }
+    });
+}

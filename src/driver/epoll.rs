@@ -3,7 +3,12 @@
 //! Each fd an op waits on is registered once, edge-triggered, for input and
 //! output; its state holds the wakers of the ops waiting to read and to
 //! write. Ops always try their system call before waiting, so an edge that
-//! fired while nobody waited is never needed. Regular-file ops, which epoll
+//! fired while nobody waited is never needed, with one exception: a stream
+//! read that came back short drained the socket, so the next read on that
+//! fd waits for an input edge without trying first (the `EAGAIN` it would
+//! get costs a system call per message in request/response traffic; tokio
+//! does the same). Any input edge, even one nobody waited for, clears that
+//! mark, so no data that arrived later is missed. Regular-file ops, which epoll
 //! cannot wait on, run on the loop's blocking pool: the op's boxed data stays
 //! put while a pool thread performs it, and the result comes back through the
 //! loop's remote queue.
@@ -38,6 +43,13 @@ const WAKE_TOKEN: u64 = u64::MAX;
 #[derive(Default)]
 struct FdState {
     registered: bool,
+    /// A stream read returned less than it asked for and no input edge
+    /// arrived since: the next read waits for one without trying first.
+    read_drained: bool,
+    /// The peer shut its write side (or the socket failed): a short read
+    /// then says nothing about more reads, which return 0 or the error at
+    /// once, with no edge to come. Never cleared (as tokio's READ_CLOSED).
+    read_closed: bool,
     readers: Vec<Waker>,
     writers: Vec<Waker>,
 }
@@ -201,6 +213,21 @@ impl Epoll {
         Ok(())
     }
 
+    /// See [`FdState::read_drained`].
+    pub(crate) fn read_drained(&self, fd: RawFd) -> bool {
+        self.fds.get(fd as usize).is_some_and(|s| s.read_drained)
+    }
+
+    /// A stream read on `fd` came back short. Only trusted once `fd` is
+    /// registered: the edge that ends the wait must be able to arrive.
+    pub(crate) fn mark_read_drained(&mut self, fd: RawFd) {
+        if let Some(st) = self.fds.get_mut(fd as usize) {
+            if st.registered && !st.read_closed {
+                st.read_drained = true;
+            }
+        }
+    }
+
     /// The fd is being closed: drop its registration and wake its waiters
     /// (their retry sees the closed fd).
     pub(crate) fn forget_fd(&mut self, fd: RawFd) {
@@ -262,7 +289,11 @@ impl Epoll {
                 continue;
             };
             let err = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
+            if err || bits & libc::EPOLLRDHUP != 0 {
+                st.read_closed = true;
+            }
             if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLPRI) != 0 {
+                st.read_drained = false;
                 for w in st.readers.drain(..) {
                     w.wake();
                 }

@@ -16,6 +16,8 @@
 
 pub(crate) mod epoll;
 pub(crate) mod op;
+#[cfg(test)]
+mod tests;
 pub(crate) mod uring;
 
 use std::cell::{Cell, RefCell};
@@ -261,6 +263,22 @@ pub(crate) fn epoll_wait_ready(
     match &mut *driver.inner.borrow_mut() {
         Backends::Epoll(e) => e.wait_ready(fd, write, waker),
         Backends::Uring(_) => Ok(()),
+    }
+}
+
+/// Whether a stream read on `fd` drained it and no readiness edge came
+/// since (epoll only).
+pub(crate) fn epoll_read_drained(driver: &Driver, fd: i32) -> bool {
+    match &*driver.inner.borrow() {
+        Backends::Epoll(e) => e.read_drained(fd),
+        Backends::Uring(_) => false,
+    }
+}
+
+/// A stream read on `fd` returned less than it asked for (epoll only).
+pub(crate) fn epoll_mark_read_drained(driver: &Driver, fd: i32) {
+    if let Backends::Epoll(e) = &mut *driver.inner.borrow_mut() {
+        e.mark_read_drained(fd);
     }
 }
 

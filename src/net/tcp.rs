@@ -204,7 +204,7 @@ impl TcpStream {
 
     /// Reads into `buf`'s spare capacity; `Ok(0)` at end of stream.
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(ops::Read::new(self.sock.fd(), buf, None, true))
+        Op::new(ops::Read::new(self.sock.fd(), buf, None, true).stream())
     }
 
     /// Writes `buf`'s initialised bytes (maybe not all of them).

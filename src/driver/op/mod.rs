@@ -79,6 +79,14 @@ pub(crate) trait OpCode: 'static {
     /// before it could take it. Ops whose result is a new descriptor
     /// (accept, openat) close it here; nothing else needs to.
     fn discard_result(_res: i32) {}
+
+    /// For a read from a stream socket: how many bytes it asks for. A read
+    /// that returns fewer drained the socket, so the epoll backend skips
+    /// the next read's attempt (it would only see `EAGAIN`) until an input
+    /// edge arrives.
+    fn stream_read_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 enum State {
@@ -226,16 +234,28 @@ impl<T: OpCode> Op<T> {
                     let fired = self.cancel_fired();
                     let data = self.data.as_mut().expect("op data");
                     let mode = data.mode();
-                    match data.perform() {
+                    let (fd, write) = match mode {
+                        Mode::Readable(fd) => (fd, false),
+                        Mode::Writable(fd) => (fd, true),
+                        _ => unreachable!(),
+                    };
+                    let stream_len = data.stream_read_len();
+                    // A stream read right after one that drained the socket
+                    // would only see EAGAIN: wait for the next edge instead
+                    // (unless cancelling, which gets its one real try).
+                    let res = if stream_len.is_some()
+                        && !fired
+                        && super::epoll_read_drained(driver, fd)
+                    {
+                        Err(io::Error::from(io::ErrorKind::WouldBlock))
+                    } else {
+                        data.perform()
+                    };
+                    match res {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock && fired => {
                             return Poll::Ready(self.finish(Err(ecanceled()), 0));
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            let (fd, write) = match mode {
-                                Mode::Readable(fd) => (fd, false),
-                                Mode::Writable(fd) => (fd, true),
-                                _ => unreachable!(),
-                            };
                             if let Err(e) = super::epoll_wait_ready(driver, fd, write, cx.waker()) {
                                 return Poll::Ready(self.finish(Err(e), 0));
                             }
@@ -243,7 +263,14 @@ impl<T: OpCode> Op<T> {
                             return Poll::Pending;
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        res => return Poll::Ready(self.finish(res, 0)),
+                        res => {
+                            if let (Some(len), Ok(n)) = (stream_len, &res) {
+                                if *n > 0 && *n < len {
+                                    super::epoll_mark_read_drained(driver, fd);
+                                }
+                            }
+                            return Poll::Ready(self.finish(res, 0));
+                        }
                     }
                 }
             }

@@ -367,6 +367,8 @@ pub(crate) struct Read<B> {
     len: usize,
     offset: Option<u64>,
     socket: bool,
+    /// A stream socket: a short read means it was drained.
+    stream: bool,
 }
 
 impl<B: IoBufMut> Read<B> {
@@ -380,7 +382,15 @@ impl<B: IoBufMut> Read<B> {
             len,
             offset,
             socket,
+            stream: false,
         }
+    }
+
+    /// Marks the fd as a stream socket (TCP, Unix stream), where a short
+    /// read means the socket was drained.
+    pub(crate) fn stream(mut self) -> Read<B> {
+        self.stream = true;
+        self
     }
 }
 
@@ -435,6 +445,10 @@ impl<B: IoBufMut> OpCode for Read<B> {
             buf::advance(&mut self.buf, n);
         }
         (res, self.buf)
+    }
+
+    fn stream_read_len(&self) -> Option<usize> {
+        self.stream.then_some(self.len)
     }
 }
 

@@ -1,0 +1,590 @@
+//! Echo benchmark: uringio on io_uring, uringio on epoll and tokio
+//! `current_thread`, same workload, same run.
+//!
+//! Each server runs on one thread pinned to CPU 0. The load comes from one
+//! client thread pinned to CPU 1: a uringio loop on io_uring (the same
+//! client for every server) with 64 connections, each sending a message and
+//! waiting for the whole echo before sending the next (ping-pong). Every
+//! accepted and connecting socket gets `TCP_NODELAY`, on every server.
+//!
+//! Reported per server: echoed messages per second, the server thread's CPU
+//! time per message (`CLOCK_THREAD_CPUTIME_ID` of the server thread, read at
+//! the edges of the measured window) and both as a ratio to tokio. Servers
+//! are run alternately, several rounds, and the medians are printed.
+//!
+//! Environment:
+//! - `ECHO_SECS`   seconds measured per run (default 10)
+//! - `ECHO_WARMUP` seconds of warm-up per run, not measured (default 1)
+//! - `ECHO_SIZES`  message sizes in bytes, comma-separated (default 1024)
+//! - `ECHO_ROUNDS` rounds of all servers, alternated (default 3)
+//! - `ECHO_CONNS`  connections (default 64)
+//! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio`
+//! - `ECHO_QUIET_WAIT` seconds to wait before each run for other processes
+//!   to use under 0.1 CPU (default 30; 0 to not wait). Runs that still saw
+//!   other load are counted in a warning under the table.
+//! - `ECHO_RATE`   also run at these offered loads (total msgs/s,
+//!   comma-separated), each connection paced by timers. At saturation both
+//!   threads are always busy, so server CPU per message is just the inverse
+//!   of throughput; below saturation the server idles and CPU per message
+//!   shows what each runtime really spends (wake-ups included).
+//!
+//! ```text
+//! cargo bench --bench echo
+//! ECHO_SECS=3 ECHO_SIZES=64,1024,16384 cargo bench --bench echo
+//! ECHO_RATE=50000,150000 cargo bench --bench echo
+//! ```
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+use uringio::{Backend, Runner};
+
+const SERVER_CPU: usize = 0;
+const CLIENT_CPU: usize = 1;
+/// Read buffer of every server, per connection.
+const SERVER_BUF: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Server {
+    UringIo,
+    Epoll,
+    Tokio,
+}
+
+impl Server {
+    const ALL: [Server; 3] = [Server::UringIo, Server::Epoll, Server::Tokio];
+
+    fn name(self) -> &'static str {
+        match self {
+            Server::UringIo => "uringio io_uring",
+            Server::Epoll => "uringio epoll",
+            Server::Tokio => "tokio current_thread",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Server::UringIo => "uring",
+            Server::Epoll => "epoll",
+            Server::Tokio => "tokio",
+        }
+    }
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
+        eprintln!("echo bench: cannot pin to CPU {cpu}: {e} (results will be noisier)");
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+/// CPU time consumed so far by a thread of this process.
+fn thread_cpu(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id from pthread_getcpuclockid and a valid timespec.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime on the server thread's CPU clock");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time (ticks) used by the whole machine and by this process, from
+/// `/proc`: the difference tells whether something else ran during a
+/// measurement (on a shared 2-core machine that skews throughput badly).
+fn machine_and_self_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = cpu.iter().take(8).sum::<u64>()
+        - cpu.get(3).copied().unwrap_or(0)
+        - cpu.get(4).copied().unwrap_or(0);
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let after = me.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    (busy, mine)
+}
+
+/// Waits (up to `limit`) until other processes use less than 0.1 CPU over
+/// half a second: on a shared 2-core machine a neighbour's burst halves
+/// the throughput of the run it lands in.
+fn wait_for_quiet(limit: Duration) {
+    let t0 = Instant::now();
+    let mut warned = false;
+    loop {
+        let (m0, s0) = machine_and_self_ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        let (m1, s1) = machine_and_self_ticks();
+        let others = (m1 - m0).saturating_sub(s1 - s0) as f64 / ticks_per_sec() / 0.5;
+        if others < 0.1 || t0.elapsed() >= limit {
+            return;
+        }
+        if !warned {
+            eprintln!(
+                "  (other processes use {others:.2} CPUs; waiting up to {limit:?} for quiet)"
+            );
+            warned = true;
+        }
+    }
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// A server running on its own pinned thread.
+struct RunningServer {
+    addr: SocketAddr,
+    cpu_clock: libc::clockid_t,
+    stop: Box<dyn FnOnce()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RunningServer {
+    fn shutdown(self) {
+        (self.stop)();
+        self.thread.join().expect("server thread panicked");
+    }
+}
+
+fn start_server(kind: Server) -> RunningServer {
+    let (tx, rx) = mpsc::channel::<(SocketAddr, Box<dyn FnOnce() + Send>)>();
+    let thread = std::thread::Builder::new()
+        .name(format!("server-{}", kind.key()))
+        .spawn(move || {
+            pin_to(SERVER_CPU);
+            match kind {
+                Server::UringIo => uringio_server(Backend::IoUring, tx),
+                Server::Epoll => uringio_server(Backend::Epoll, tx),
+                Server::Tokio => tokio_server(tx),
+            }
+        })
+        .expect("spawn server thread");
+    let (addr, stop) = rx.recv().expect("server failed to start");
+    let mut cpu_clock: libc::clockid_t = 0;
+    // SAFETY: the thread is alive (it is waiting in its loop) and joinable.
+    let r = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut cpu_clock) };
+    assert_eq!(r, 0, "pthread_getcpuclockid");
+    RunningServer {
+        addr,
+        cpu_clock,
+        stop: Box::new(stop),
+        thread,
+    }
+}
+
+type Ready = mpsc::Sender<(SocketAddr, Box<dyn FnOnce() + Send>)>;
+
+fn uringio_server(backend: Backend, ready: Ready) {
+    let mut rt = Runner::builder()
+        .backend(backend)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a uringio loop on {backend}: {e}"));
+    assert_eq!(rt.backend(), backend);
+    let handle = rt.handle();
+    rt.run(async move {
+        let listener = uringio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        uringio::spawn(async move {
+            let mut incoming = listener.incoming();
+            while let Some(conn) = incoming.next().await {
+                let Ok(s) = conn else { continue };
+                s.set_nodelay(true).expect("TCP_NODELAY");
+                uringio::spawn(async move {
+                    let mut buf = Vec::with_capacity(SERVER_BUF);
+                    loop {
+                        buf.clear();
+                        let (res, b) = s.read(buf).await;
+                        buf = b;
+                        match res {
+                            Ok(n) if n > 0 => {}
+                            _ => return,
+                        }
+                        let (res, b) = s.write_all(buf).await;
+                        buf = b;
+                        if res.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .detach();
+            }
+        })
+        .detach();
+        let stop = move || handle.stop();
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+    });
+    rt.run_forever();
+}
+
+fn tokio_server(ready: Ready) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = move || {
+            let _ = stop_tx.send(());
+        };
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                conn = listener.accept() => {
+                    let Ok((mut s, _)) = conn else { continue };
+                    s.set_nodelay(true).expect("TCP_NODELAY");
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; SERVER_BUF];
+                        loop {
+                            let n = match s.read(&mut buf).await {
+                                Ok(n) if n > 0 => n,
+                                _ => return,
+                            };
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    msgs_per_sec: f64,
+    cpu_ns_per_msg: f64,
+    /// The load client's CPU time per message.
+    client_ns_per_msg: f64,
+    /// CPU used by other processes during the window, in CPUs (0.0–2.0).
+    others: f64,
+}
+
+struct Settings {
+    secs: f64,
+    warmup: f64,
+    conns: usize,
+    /// How long to wait for other processes to go quiet before each run.
+    quiet_wait: Duration,
+}
+
+/// How hard the client pushes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Load {
+    /// Every connection sends its next message as soon as the echo is back.
+    Saturate,
+    /// Messages per second offered in total, spread evenly over the
+    /// connections (still one message in flight per connection).
+    Rate(f64),
+}
+
+/// Drives `server` with the ping-pong load for one run.
+fn run_load(
+    client: &mut Runner,
+    server: &RunningServer,
+    size: usize,
+    load: Load,
+    s: &Settings,
+) -> Sample {
+    let addr = server.addr;
+    let clock = server.cpu_clock;
+    client.run(async move {
+        let count = Rc::new(Cell::new(0u64));
+        let stop = Rc::new(Cell::new(false));
+        let mut streams = Vec::with_capacity(s.conns);
+        for _ in 0..s.conns {
+            let c = uringio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the server");
+            c.set_nodelay(true).expect("TCP_NODELAY");
+            streams.push(c);
+        }
+        let start = Instant::now();
+        let conns = s.conns;
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let count = count.clone();
+                let stop = stop.clone();
+                // With a rate: this connection's period, and a start offset
+                // that spreads the connections evenly over it.
+                let pace = match load {
+                    Load::Saturate => None,
+                    Load::Rate(r) => {
+                        let period = Duration::from_secs_f64(conns as f64 / r);
+                        Some((period, start + period.mul_f64(i as f64 / conns as f64)))
+                    }
+                };
+                uringio::spawn(async move {
+                    let mut out = vec![0xA5u8; size];
+                    let mut back = Vec::with_capacity(size);
+                    let mut pace = pace;
+                    while !stop.get() {
+                        if let Some((period, next)) = &mut pace {
+                            uringio::sleep_until(*next).await;
+                            *next += *period;
+                            // Fell behind: drop the missed slots, no burst.
+                            let now = Instant::now();
+                            if *next < now {
+                                *next = now;
+                            }
+                        }
+                        let (res, b) = c.write_all(out).await;
+                        out = b;
+                        res.expect("client write");
+                        back.clear();
+                        while back.len() < size {
+                            let (res, b) = c.read(back).await;
+                            back = b;
+                            match res {
+                                Ok(0) => panic!("server closed the connection"),
+                                Ok(_) => {}
+                                Err(e) => panic!("client read: {e}"),
+                            }
+                        }
+                        count.set(count.get() + 1);
+                    }
+                })
+            })
+            .collect();
+        uringio::sleep(Duration::from_secs_f64(s.warmup)).await;
+        let me = libc::CLOCK_THREAD_CPUTIME_ID;
+        let (m0, s0) = machine_and_self_ticks();
+        let (n0, cpu0, c0, t0) = (
+            count.get(),
+            thread_cpu(clock),
+            thread_cpu(me),
+            Instant::now(),
+        );
+        uringio::sleep(Duration::from_secs_f64(s.secs)).await;
+        let (n1, cpu1, c1, t1) = (
+            count.get(),
+            thread_cpu(clock),
+            thread_cpu(me),
+            Instant::now(),
+        );
+        let (m1, s1) = machine_and_self_ticks();
+        stop.set(true);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let msgs = (n1 - n0) as f64;
+        let secs = (t1 - t0).as_secs_f64();
+        let other_ticks = (m1 - m0).saturating_sub(s1 - s0) as f64;
+        Sample {
+            msgs_per_sec: msgs / secs,
+            cpu_ns_per_msg: (cpu1 - cpu0).as_nanos() as f64 / msgs.max(1.0),
+            client_ns_per_msg: (c1 - c0).as_nanos() as f64 / msgs.max(1.0),
+            others: other_ticks / ticks_per_sec() / secs,
+        }
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let settings = Settings {
+        secs: env_num("ECHO_SECS", 10.0),
+        warmup: env_num("ECHO_WARMUP", 1.0),
+        conns: env_num("ECHO_CONNS", 64usize),
+        quiet_wait: Duration::from_secs_f64(env_num("ECHO_QUIET_WAIT", 30.0)),
+    };
+    let rounds: usize = env_num("ECHO_ROUNDS", 3usize).max(1);
+    let sizes: Vec<usize> = std::env::var("ECHO_SIZES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .expect("ECHO_SIZES: comma-separated byte counts")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1024]);
+    let mut loads = vec![Load::Saturate];
+    if let Ok(v) = std::env::var("ECHO_RATE") {
+        loads.extend(v.split(',').filter(|x| !x.trim().is_empty()).map(|x| {
+            Load::Rate(
+                x.trim()
+                    .parse()
+                    .expect("ECHO_RATE: comma-separated messages per second"),
+            )
+        }));
+    }
+    let servers: Vec<Server> = match std::env::var("ECHO_ONLY") {
+        Ok(v) if !v.trim().is_empty() => Server::ALL
+            .into_iter()
+            .filter(|s| v.split(',').any(|k| k.trim() == s.key()))
+            .collect(),
+        _ => Server::ALL.to_vec(),
+    };
+
+    pin_to(CLIENT_CPU);
+    let mut client = Runner::builder()
+        .backend(Backend::IoUring)
+        .build()
+        .expect("the load client needs io_uring");
+    println!(
+        "echo: {} connections, ping-pong, {}s measured (+{}s warm-up) per run, {} round(s); \
+         server on CPU {SERVER_CPU}, uringio io_uring client on CPU {CLIENT_CPU}",
+        settings.conns, settings.secs, settings.warmup, rounds
+    );
+
+    for &size in &sizes {
+        for &load in &loads {
+            measure(&mut client, &servers, size, load, rounds, &settings);
+        }
+    }
+}
+
+/// Runs every server `rounds` times under one load and prints the table.
+fn measure(
+    client: &mut Runner,
+    servers: &[Server],
+    size: usize,
+    load: Load,
+    rounds: usize,
+    settings: &Settings,
+) {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); servers.len()];
+    let mut busy_runs = 0;
+    let label = match load {
+        Load::Saturate => "saturating".to_string(),
+        Load::Rate(r) => format!("offered {r:.0} msgs/s"),
+    };
+    for round in 0..rounds {
+        // Rotate the starting server each round so none always goes first.
+        for i in 0..servers.len() {
+            let idx = (i + round) % servers.len();
+            let kind = servers[idx];
+            wait_for_quiet(settings.quiet_wait);
+            let srv = start_server(kind);
+            let s = run_load(client, &srv, size, load, settings);
+            srv.shutdown();
+            eprintln!(
+                "  {size:>6} B  {label}  round {}  {:<22} {:>10.0} msgs/s  server {:>6.0} ns/msg  \
+                 client {:>6.0} ns/msg  other processes {:.2} CPUs",
+                round + 1,
+                kind.name(),
+                s.msgs_per_sec,
+                s.cpu_ns_per_msg,
+                s.client_ns_per_msg,
+                s.others
+            );
+            if s.others > 0.1 {
+                busy_runs += 1;
+            }
+            samples[idx].push(s);
+        }
+    }
+    let med: Vec<(f64, f64, f64)> = samples
+        .iter()
+        .map(|v| {
+            (
+                median(v.iter().map(|s| s.msgs_per_sec).collect()),
+                median(v.iter().map(|s| s.cpu_ns_per_msg).collect()),
+                median(v.iter().map(|s| s.client_ns_per_msg).collect()),
+            )
+        })
+        .collect();
+    let tokio = servers
+        .iter()
+        .position(|&s| s == Server::Tokio)
+        .map(|i| med[i]);
+    println!();
+    println!("message size {size} B, {label} (medians of {rounds})");
+    println!(
+        "| {:<22} | {:>10} | {:>17} | {:>14} | {:>11} | {:>17} |",
+        "server",
+        "msgs/s",
+        "server CPU ns/msg",
+        "msgs/s ÷ tokio",
+        "CPU ÷ tokio",
+        "client CPU ns/msg"
+    );
+    println!(
+        "|{:-<24}|{:->12}|{:->19}|{:->16}|{:->13}|{:->19}|",
+        "", "", "", "", "", ""
+    );
+    for (i, kind) in servers.iter().enumerate() {
+        let (m, c, cl) = med[i];
+        let (rt, rc) = match tokio {
+            Some((tm, tc, _)) => (format!("{:.2}", m / tm), format!("{:.2}", c / tc)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {:<22} | {:>10.0} | {:>17.0} | {:>14} | {:>11} | {:>17.0} |",
+            kind.name(),
+            m,
+            c,
+            rt,
+            rc,
+            cl
+        );
+    }
+    if busy_runs > 0 {
+        println!(
+            "warning: other processes used more than 0.1 CPU during {busy_runs} run(s): \
+             throughput is skewed there (CPU per message much less so)"
+        );
+    }
+    println!();
+}

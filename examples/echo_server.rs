@@ -1,0 +1,108 @@
+//! A TCP echo server: every byte received on a connection is written back.
+//!
+//! ```text
+//! cargo run --release --example echo_server -- [ADDR] [--backend epoll|io_uring|auto]
+//! ```
+//! `ADDR` defaults to `127.0.0.1:7000`. Without `--backend` the loop picks
+//! io_uring when the kernel allows it and falls back to epoll otherwise
+//! (`URINGIO_BACKEND` overrides that choice). Runs until killed.
+
+use std::net::SocketAddr;
+
+use futures_util::StreamExt;
+use uringio::net::{TcpListener, TcpStream};
+use uringio::{Backend, Runner};
+
+/// Bytes read per `read` call.
+const BUF_SIZE: usize = 16 * 1024;
+
+fn usage() -> ! {
+    eprintln!("usage: echo_server [ADDR] [--backend epoll|io_uring|auto]");
+    std::process::exit(2);
+}
+
+fn parse_args() -> (SocketAddr, Backend) {
+    let mut addr: SocketAddr = "127.0.0.1:7000".parse().expect("default address");
+    let mut backend = Backend::Auto;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let value = match a.as_str() {
+            "--backend" => args.next().unwrap_or_else(|| usage()),
+            "-h" | "--help" => usage(),
+            s if s.starts_with("--backend=") => s["--backend=".len()..].to_string(),
+            s if s.starts_with('-') => usage(),
+            s => {
+                addr = s.parse().unwrap_or_else(|e| {
+                    eprintln!("echo_server: bad address {s:?}: {e}");
+                    std::process::exit(2);
+                });
+                continue;
+            }
+        };
+        backend = match value.as_str() {
+            "epoll" => Backend::Epoll,
+            "io_uring" | "iouring" | "uring" => Backend::IoUring,
+            "auto" => Backend::Auto,
+            _ => usage(),
+        };
+    }
+    (addr, backend)
+}
+
+/// Echoes until the peer closes (or the connection fails).
+async fn echo(stream: TcpStream) {
+    // One buffer per connection, reused: reads fill its spare capacity, so
+    // it is cleared before each read.
+    let mut buf = Vec::with_capacity(BUF_SIZE);
+    loop {
+        buf.clear();
+        let (res, b) = stream.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let (res, b) = stream.write_all(buf).await;
+        buf = b;
+        if res.is_err() {
+            return;
+        }
+    }
+}
+
+fn main() {
+    let (addr, backend) = parse_args();
+    let mut runner = match Runner::builder().backend(backend).build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("echo_server: cannot start the loop: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runner.fallback_reason() {
+        Some(why) => println!("backend: {} (fell back: {why})", runner.backend()),
+        None => println!("backend: {}", runner.backend()),
+    }
+    runner.run(async move {
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("echo_server: cannot listen on {addr}: {e}");
+                std::process::exit(1);
+            }
+        };
+        println!("listening on {}", listener.local_addr().unwrap_or(addr));
+        let mut incoming = listener.incoming();
+        while let Some(conn) = incoming.next().await {
+            match conn {
+                Ok(stream) => {
+                    // Small request/response traffic: send replies at once.
+                    let _ = stream.set_nodelay(true);
+                    uringio::spawn(echo(stream)).detach();
+                }
+                // EMFILE and friends: report and keep serving.
+                Err(e) => eprintln!("echo_server: accept failed: {e}"),
+            }
+        }
+    });
+}
