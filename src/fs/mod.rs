@@ -16,7 +16,7 @@ use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
 use crate::driver::op::Op;
 use crate::driver::op::fs as ops;
-use crate::driver::op::net::{Read, ReadV, Write, WriteV};
+use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
 use crate::runtime::context;
 
 fn cpath(p: &Path) -> io::Result<CString> {

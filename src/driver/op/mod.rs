@@ -19,7 +19,9 @@
 
 pub(crate) mod fs;
 pub(crate) mod net;
+pub(crate) mod rw;
 pub(crate) mod signal;
+pub(crate) mod sock;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};

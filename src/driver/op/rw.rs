@@ -1,0 +1,369 @@
+//! Reads and writes on any fd: `Read`/`Write` (recv/send on sockets,
+//! read/pread and write/pwrite elsewhere) and their vectored forms. Used by
+//! `net` and `fs` alike.
+//!
+//! Sends always carry `MSG_NOSIGNAL`: a peer that went away gives `EPIPE`,
+//! never a `SIGPIPE` that would kill the process.
+
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+
+use io_uring::{opcode, squeue, types};
+
+use super::{Mode, OpCode};
+use crate::buf::{self, IoBuf, IoBufMut};
+
+/// The most one read or write moves (Linux's `MAX_RW_COUNT`); larger
+/// buffers are done in several ops (`write_all`) or partially.
+const MAX_RW: usize = 0x7fff_f000;
+
+fn cvt(r: isize) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Reads into a buffer's spare capacity: `recv` on sockets, `read`/`pread`
+/// on other fds.
+pub(crate) struct Read<B> {
+    fd: RawFd,
+    buf: B,
+    ptr: *mut u8,
+    len: usize,
+    offset: Option<u64>,
+    socket: bool,
+    /// A stream socket: a short read means it was drained.
+    stream: bool,
+}
+
+impl<B: IoBufMut> Read<B> {
+    pub(crate) fn new(fd: RawFd, mut buf: B, offset: Option<u64>, socket: bool) -> Read<B> {
+        let (ptr, len) = buf::spare(&mut buf);
+        let len = len.min(MAX_RW);
+        Read {
+            fd,
+            buf,
+            ptr,
+            len,
+            offset,
+            socket,
+            stream: false,
+        }
+    }
+
+    /// Marks the fd as a stream socket (TCP, Unix stream), where a short
+    /// read means the socket was drained.
+    pub(crate) fn stream(mut self) -> Read<B> {
+        self.stream = true;
+        self
+    }
+}
+
+impl<B: IoBufMut> OpCode for Read<B> {
+    type Output = crate::BufResult<usize, B>;
+
+    fn check(&self) -> io::Result<()> {
+        if self.len == 0 {
+            return Err(crate::net::no_spare_capacity());
+        }
+        Ok(())
+    }
+
+    fn sqe(&mut self) -> squeue::Entry {
+        if self.socket {
+            opcode::Recv::new(types::Fd(self.fd), self.ptr, self.len as u32).build()
+        } else {
+            opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
+                .offset(self.offset.unwrap_or(u64::MAX))
+                .build()
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        if self.socket {
+            Mode::Readable(self.fd)
+        } else if self.offset.is_some() {
+            Mode::Blocking
+        } else {
+            // Pipes and other pollable fds.
+            Mode::Readable(self.fd)
+        }
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: ptr/len describe the buffer's spare capacity, owned by this
+        // op for the duration.
+        let r = unsafe {
+            if self.socket {
+                libc::recv(self.fd, self.ptr.cast(), self.len, 0)
+            } else if let Some(off) = self.offset {
+                libc::pread(self.fd, self.ptr.cast(), self.len, off as libc::off_t)
+            } else {
+                libc::read(self.fd, self.ptr.cast(), self.len)
+            }
+        };
+        cvt(r)
+    }
+
+    fn complete(mut self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        if let Ok(n) = res {
+            buf::advance(&mut self.buf, n);
+        }
+        (res, self.buf)
+    }
+
+    fn stream_read_len(&self) -> Option<usize> {
+        self.stream.then_some(self.len)
+    }
+}
+
+/// Writes a buffer's initialised bytes: `send(MSG_NOSIGNAL)` on sockets,
+/// `write`/`pwrite` on other fds.
+pub(crate) struct Write<B> {
+    fd: RawFd,
+    buf: B,
+    ptr: *const u8,
+    len: usize,
+    offset: Option<u64>,
+    socket: bool,
+}
+
+impl<B: IoBuf> Write<B> {
+    pub(crate) fn new(fd: RawFd, buf: B, offset: Option<u64>, socket: bool) -> Write<B> {
+        let (ptr, len) = buf::init(&buf);
+        let len = len.min(MAX_RW);
+        Write {
+            fd,
+            buf,
+            ptr,
+            len,
+            offset,
+            socket,
+        }
+    }
+}
+
+impl<B: IoBuf> OpCode for Write<B> {
+    type Output = crate::BufResult<usize, B>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        if self.socket {
+            opcode::Send::new(types::Fd(self.fd), self.ptr, self.len as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
+                .offset(self.offset.unwrap_or(u64::MAX))
+                .build()
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        if self.socket {
+            Mode::Writable(self.fd)
+        } else if self.offset.is_some() {
+            Mode::Blocking
+        } else {
+            Mode::Writable(self.fd)
+        }
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: ptr/len describe the buffer's initialised bytes.
+        let r = unsafe {
+            if self.socket {
+                libc::send(self.fd, self.ptr.cast(), self.len, libc::MSG_NOSIGNAL)
+            } else if let Some(off) = self.offset {
+                libc::pwrite(self.fd, self.ptr.cast(), self.len, off as libc::off_t)
+            } else {
+                libc::write(self.fd, self.ptr.cast(), self.len)
+            }
+        };
+        cvt(r)
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        (res, self.buf)
+    }
+}
+
+/// Vectored read into several buffers' spare capacity, in order.
+pub(crate) struct ReadV<B> {
+    fd: RawFd,
+    bufs: Vec<B>,
+    iov: Vec<libc::iovec>,
+    offset: Option<u64>,
+    socket: bool,
+}
+
+impl<B: IoBufMut> ReadV<B> {
+    pub(crate) fn new(fd: RawFd, mut bufs: Vec<B>, offset: Option<u64>, socket: bool) -> ReadV<B> {
+        let iov = bufs
+            .iter_mut()
+            .map(|b| {
+                let (p, l) = buf::spare(b);
+                libc::iovec {
+                    iov_base: p.cast(),
+                    iov_len: l,
+                }
+            })
+            .collect();
+        ReadV {
+            fd,
+            bufs,
+            iov,
+            offset,
+            socket,
+        }
+    }
+}
+
+impl<B: IoBufMut> OpCode for ReadV<B> {
+    type Output = crate::BufResult<usize, Vec<B>>;
+
+    fn check(&self) -> io::Result<()> {
+        // Zero spare capacity would read 0 bytes: a false end of stream.
+        if self.iov.iter().all(|v| v.iov_len == 0) {
+            return Err(crate::net::no_spare_capacity());
+        }
+        Ok(())
+    }
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Readv::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build()
+    }
+
+    fn mode(&self) -> Mode {
+        if self.socket || self.offset.is_none() {
+            Mode::Readable(self.fd)
+        } else {
+            Mode::Blocking
+        }
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        // SAFETY: the iovecs describe the buffers' spare capacity.
+        let r = unsafe {
+            match self.offset {
+                Some(off) => libc::preadv(
+                    self.fd,
+                    self.iov.as_ptr(),
+                    self.iov.len() as i32,
+                    off as libc::off_t,
+                ),
+                None => libc::readv(self.fd, self.iov.as_ptr(), self.iov.len() as i32),
+            }
+        };
+        cvt(r)
+    }
+
+    fn complete(mut self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        if let Ok(mut n) = res {
+            for (b, iov) in self.bufs.iter_mut().zip(&self.iov) {
+                let k = n.min(iov.iov_len);
+                buf::advance(b, k);
+                n -= k;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        (res, self.bufs)
+    }
+}
+
+/// Vectored write of several buffers' initialised bytes, in order
+/// (`sendmsg(MSG_NOSIGNAL)` on sockets).
+pub(crate) struct WriteV<B> {
+    fd: RawFd,
+    bufs: Vec<B>,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+    offset: Option<u64>,
+    socket: bool,
+}
+
+impl<B: IoBuf> WriteV<B> {
+    pub(crate) fn new(fd: RawFd, bufs: Vec<B>, offset: Option<u64>, socket: bool) -> WriteV<B> {
+        let iov = bufs
+            .iter()
+            .map(|b| {
+                let (p, l) = buf::init(b);
+                libc::iovec {
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: l,
+                }
+            })
+            .collect();
+        WriteV {
+            fd,
+            bufs,
+            iov,
+            // SAFETY: msghdr is plain data; zero is a valid empty header.
+            msg: unsafe { mem::zeroed() },
+            offset,
+            socket,
+        }
+    }
+
+    fn fill_msg(&mut self) {
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = self.iov.len();
+    }
+}
+
+impl<B: IoBuf> OpCode for WriteV<B> {
+    type Output = crate::BufResult<usize, Vec<B>>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        if self.socket {
+            self.fill_msg();
+            opcode::SendMsg::new(types::Fd(self.fd), &self.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        } else {
+            opcode::Writev::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
+                .offset(self.offset.unwrap_or(u64::MAX))
+                .build()
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        if self.socket || self.offset.is_none() {
+            Mode::Writable(self.fd)
+        } else {
+            Mode::Blocking
+        }
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        let r = if self.socket {
+            self.fill_msg();
+            // SAFETY: msg points at our iovecs, which describe initialised bytes.
+            unsafe { libc::sendmsg(self.fd, &self.msg, libc::MSG_NOSIGNAL) }
+        } else {
+            // SAFETY: the iovecs describe the buffers' initialised bytes.
+            unsafe {
+                match self.offset {
+                    Some(off) => libc::pwritev(
+                        self.fd,
+                        self.iov.as_ptr(),
+                        self.iov.len() as i32,
+                        off as libc::off_t,
+                    ),
+                    None => libc::writev(self.fd, self.iov.as_ptr(), self.iov.len() as i32),
+                }
+            }
+        };
+        cvt(r)
+    }
+
+    fn complete(self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        (res, self.bufs)
+    }
+}
