@@ -259,3 +259,20 @@ fn a_loop_inside_a_running_loop_is_refused() {
         });
     }
 }
+
+/// The raw-SQE escape hatch: a NOP completes with 0 on io_uring and the
+/// keep-alive value comes back; on epoll it is a clear `Unsupported`.
+#[test]
+fn submit_raw_nop() {
+    on_both(5, |b| async move {
+        let keep = vec![1u8, 2, 3];
+        let sqe = io_uring::opcode::Nop::new().build();
+        // SAFETY: a NOP points at no memory.
+        let (res, keep) = unsafe { uringio::driver::submit_raw(sqe, keep) }.await;
+        assert_eq!(keep, vec![1, 2, 3]);
+        match b {
+            uringio::Backend::IoUring => assert_eq!(res.unwrap(), 0),
+            _ => assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::Unsupported),
+        }
+    });
+}

@@ -7,7 +7,7 @@
 //! uringio::run(async {
 //!     let lp = uringio::get_running_loop();
 //!     lp.add_signal_handler(libc::SIGHUP, || println!("reloading")).unwrap();
-//!     let mut term = uringio::signal::signal(libc::SIGTERM).unwrap();
+//!     let mut term = uringio::signal::signal(libc::SIGTERM);
 //!     term.next().await;            // or: uringio::signal::ctrl_c().await
 //! });
 //! ```
@@ -476,19 +476,32 @@ impl Drop for Signal {
 }
 
 /// A stream that yields `()` each time the running loop receives `sig`
-/// (`tokio::signal::unix::signal`; asyncio's `add_signal_handler` as an
-/// async iterator). Signals are numbers (`libc::SIGHUP`,
+/// (asyncio's `add_signal_handler` as an async iterator;
+/// `tokio::signal::unix::signal`). Signals are numbers (`libc::SIGHUP`,
 /// `libc::SIGRTMIN() + 1`, …).
 ///
 /// The signal is blocked on this thread while the stream lives; see the
 /// [module docs](self) for what that means for other threads.
+///
+/// # Panics
+/// With the error [`try_signal`] describes (a number that is not a signal
+/// or cannot be handled, no running loop, no signalfd). Use [`try_signal`]
+/// to get the error as a value instead.
+pub fn signal(sig: i32) -> Signal {
+    match try_signal(sig) {
+        Ok(s) => s,
+        Err(e) => panic!("uringio::signal::signal({sig}): {e}"),
+    }
+}
+
+/// Like [`signal`], returning set-up failures as errors.
 ///
 /// # Errors
 /// `InvalidInput` for a number that is not a signal or that cannot be
 /// handled (`SIGKILL`, `SIGSTOP`, the fault signals `SIGSEGV`, `SIGBUS`,
 /// `SIGILL`, `SIGFPE`, the C library's reserved 32 and 33); an error if no
 /// loop is running on this thread or the signalfd cannot be created.
-pub fn signal(sig: i32) -> io::Result<Signal> {
+pub fn try_signal(sig: i32) -> io::Result<Signal> {
     validate(sig)?;
     let inner = context::current().ok_or_else(|| {
         io::Error::other("uringio::signal::signal() called outside a running uringio loop")
@@ -512,7 +525,7 @@ pub fn signal(sig: i32) -> io::Result<Signal> {
 /// Outside a running loop, if the signalfd cannot be created, or if the
 /// loop closes first.
 pub async fn ctrl_c() -> io::Result<()> {
-    let mut s = signal(libc::SIGINT)?;
+    let mut s = try_signal(libc::SIGINT)?;
     s.recv()
         .await
         .ok_or_else(|| io::Error::other("the event loop closed while waiting for SIGINT"))
