@@ -242,34 +242,8 @@ impl File {
     }
 
     /// Writes all of `buf`'s initialised bytes at `pos`.
-    pub async fn write_all_at<B: IoBuf>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
-        let total = buf.bytes_init();
-        let mut done = 0;
-        while done < total {
-            let (res, s) = Op::new(Write::new(
-                self.raw(),
-                buf.slice(done..total),
-                Some(pos + done as u64),
-                false,
-            ))
-            .await;
-            buf = s.into_inner();
-            match res {
-                Ok(0) => {
-                    return (
-                        Err(io::Error::new(
-                            io::ErrorKind::WriteZero,
-                            "the file accepted no bytes",
-                        )),
-                        buf,
-                    );
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+    pub async fn write_all_at<B: IoBuf>(&self, buf: B, pos: u64) -> BufResult<(), B> {
+        crate::driver::op::rw::write_all(self.raw(), buf, Some(pos), false).await
     }
 
     /// Vectored read at `pos`.

@@ -214,7 +214,7 @@ impl TcpStream {
 
     /// Writes all of `buf`'s initialised bytes.
     pub async fn write_all<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
-        write_all(self.sock.fd(), buf).await
+        ops::write_all(self.sock.fd(), buf, None, true).await
     }
 
     /// Reads into several buffers' spare capacity, in order.
@@ -269,30 +269,6 @@ impl TcpStream {
         let s = Rc::new(self);
         (OwnedReadHalf { s: s.clone() }, OwnedWriteHalf { s })
     }
-}
-
-pub(crate) async fn write_all<B: IoBuf>(fd: RawFd, mut buf: B) -> BufResult<(), B> {
-    let total = buf.bytes_init();
-    let mut pos = 0;
-    while pos < total {
-        let (res, slice) = Op::new(ops::Write::new(fd, buf.slice(pos..total), None, true)).await;
-        buf = slice.into_inner();
-        match res {
-            Ok(0) => {
-                return (
-                    Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "the socket accepted no bytes",
-                    )),
-                    buf,
-                );
-            }
-            Ok(n) => pos += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Err(e), buf),
-        }
-    }
-    (Ok(()), buf)
 }
 
 impl AsRawFd for TcpStream {

@@ -10,7 +10,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use io_uring::{opcode, squeue, types};
 
 // What socket types use, reachable from one place.
-pub(crate) use super::rw::{Read, ReadV, Write, WriteV};
+pub(crate) use super::rw::{Read, ReadV, Write, WriteV, write_all};
 pub(crate) use super::sock::{
     RawAddr, bind, connect_now, getsockopt_int, listen, setsockopt_int, shutdown, sock_name, socket,
 };

@@ -367,3 +367,36 @@ impl<B: IoBuf> OpCode for WriteV<B> {
         (res, self.bufs)
     }
 }
+
+/// Writes all of `buf`'s initialised bytes, one `Write` op after another
+/// (at `offset` and on, or at the fd's position / on the socket).
+pub(crate) async fn write_all<B: IoBuf>(
+    fd: RawFd,
+    mut buf: B,
+    offset: Option<u64>,
+    socket: bool,
+) -> crate::BufResult<(), B> {
+    let total = buf.bytes_init();
+    let mut done = 0;
+    while done < total {
+        let at = offset.map(|o| o + done as u64);
+        let (res, slice) = super::Op::new(Write::new(fd, buf.slice(done..total), at, socket)).await;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => {
+                let what = if socket { "socket" } else { "file" };
+                return (
+                    Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("the {what} accepted no bytes"),
+                    )),
+                    buf,
+                );
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
