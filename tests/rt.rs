@@ -127,3 +127,23 @@ fn a_panicking_core_is_an_error() {
         });
     assert!(r.is_err());
 }
+
+#[test]
+fn pinned_threads_run_on_their_own_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let outs = Builder::new()
+        .backend(uringio::Backend::Epoll)
+        .thread_per_core(2)
+        .pin_cpus(true)
+        .launch(|core: CoreContext| async move {
+            let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+            let allowed: Vec<usize> = (0..nix::sched::CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect();
+            (core.id, allowed)
+        })
+        .unwrap();
+    for (id, allowed) in outs {
+        assert_eq!(allowed, vec![id % cpus], "thread {id} pinned to its CPU");
+    }
+}
