@@ -497,9 +497,10 @@ impl EventLoop {
     }
 }
 
-#[allow(dead_code)]
-fn assert_send_sync() {
+// The ways in from other threads must stay `Send + Sync` (checked at
+// compile time).
+const _: fn() = || {
     fn is<T: Send + Sync>() {}
     is::<LoopHandle>();
     is::<Arc<Shared>>();
-}
+};
