@@ -107,6 +107,7 @@ fn main() {
         for s in sleeps {
             done.push(s.await.map_err(std::io::Error::from)?);
         }
+        let sleeps_took = t0.elapsed();
         let timed_out = uringio::timeout(
             Duration::from_millis(10),
             uringio::sleep(Duration::from_secs(5)),
@@ -120,8 +121,9 @@ fn main() {
         step(
             "timers",
             format!(
-                "3 concurrent sleeps done in {:?}; timeout fired: {timed_out}; call_later ran: {}",
-                t0.elapsed(),
+                "sleeps of 30, 10, 20 ms at once: done in {:?}, in order {:?}; timeout fired: {timed_out}; call_later ran: {}",
+                sleeps_took,
+                done,
                 fired.get()
             ),
         );
