@@ -103,9 +103,15 @@ fn main() {
                 })
             })
             .collect();
+        // as_completed yields them in the order they finish.
+        let mut finished = uringio::task::as_completed(sleeps);
         let mut done = Vec::new();
-        for s in sleeps {
-            done.push(s.await.map_err(std::io::Error::from)?);
+        while let Some(r) = std::future::poll_fn(|cx| {
+            futures_core::Stream::poll_next(std::pin::Pin::new(&mut finished), cx)
+        })
+        .await
+        {
+            done.push(r.map_err(std::io::Error::from)?);
         }
         let sleeps_took = t0.elapsed();
         let timed_out = uringio::timeout(
@@ -121,7 +127,7 @@ fn main() {
         step(
             "timers",
             format!(
-                "sleeps of 30, 10, 20 ms at once: done in {:?}, in order {:?}; timeout fired: {timed_out}; call_later ran: {}",
+                "sleeps of 30, 10, 20 ms at once: done in {:?}, finishing in the order {:?}; timeout fired: {timed_out}; call_later ran: {}",
                 sleeps_took,
                 done,
                 fired.get()
