@@ -1,29 +1,15 @@
 //! `Promise<T>` (asyncio.Future): states, waiting, done-callbacks.
 //! Behaviour ported from CPython's test_futures.py.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{run_bounded as run_test, until};
 use uringio::error::{CancelledError, InvalidStateError};
 use uringio::future::Promise;
-
-/// Runs `f` on a fresh loop, failing the test if it takes over 5 s.
-fn run_test<F: Future<Output = ()>>(f: F) {
-    uringio::run(async {
-        uringio::timeout(Duration::from_secs(5), f)
-            .await
-            .expect("test timed out")
-    })
-}
-
-/// Yields until `cond` holds (the 5 s test timeout bounds it).
-async fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        uringio::yield_now().await;
-    }
-}
 
 #[test]
 fn initial_state() {

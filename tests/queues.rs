@@ -1,32 +1,18 @@
 //! Behaviour of `uringio::queue`, after CPython's test_queues.py: order,
 //! maxsize, task_done/join, shutdown, cancellation, streams.
 
+mod common;
+
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{run_bounded as run, settle};
 use futures_util::StreamExt;
 use uringio::error::{QueueFull, QueueShutDown};
 use uringio::queue::{GetError, LifoQueue, PriorityQueue, PutError, Queue};
 use uringio::{spawn, yield_now};
-
-/// Runs `f` on a fresh loop, failing the test if it takes over 5 s.
-fn run<F: Future>(f: F) -> F::Output {
-    uringio::run(async {
-        uringio::timeout(Duration::from_secs(5), f)
-            .await
-            .expect("test timed out")
-    })
-}
-
-/// Lets every other ready task run for a while.
-async fn settle() {
-    for _ in 0..20 {
-        yield_now().await;
-    }
-}
 
 type Log = Rc<RefCell<Vec<i32>>>;
 

@@ -1,30 +1,16 @@
 //! Behaviour of `uringio::sync`, after CPython's test_locks.py: FIFO order,
 //! cancellation while waiting, notify counts, barrier cycles.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{run_bounded as run, settle};
 use uringio::error::BrokenBarrierError;
 use uringio::sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, Semaphore};
 use uringio::{spawn, yield_now};
-
-/// Runs `f` on a fresh loop, failing the test if it takes over 5 s.
-fn run<F: Future>(f: F) -> F::Output {
-    uringio::run(async {
-        uringio::timeout(Duration::from_secs(5), f)
-            .await
-            .expect("test timed out")
-    })
-}
-
-/// Lets every other ready task run for a while.
-async fn settle() {
-    for _ in 0..20 {
-        yield_now().await;
-    }
-}
 
 type Log = Rc<RefCell<Vec<usize>>>;
 

@@ -1,30 +1,17 @@
 //! `TaskGroup` (asyncio.TaskGroup): structured concurrency.
 //! Behaviour ported from CPython's test_taskgroups.py.
 
+mod common;
+
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{run_bounded as run_test, until};
 use uringio::error::TaskFailure;
 use uringio::future::Promise;
 use uringio::task::{GroupTaskError, TaskGroup};
-
-/// Runs `f` on a fresh loop, failing the test if it takes over 5 s.
-fn run_test<F: Future<Output = ()>>(f: F) {
-    uringio::run(async {
-        uringio::timeout(Duration::from_secs(5), f)
-            .await
-            .expect("test timed out")
-    })
-}
-
-/// Yields until `cond` holds (the 5 s test timeout bounds it).
-async fn until(cond: impl Fn() -> bool) {
-    while !cond() {
-        uringio::yield_now().await;
-    }
-}
 
 /// Sets its flag when dropped: tells that a task's future was dropped.
 struct DropFlag(Rc<Cell<bool>>);

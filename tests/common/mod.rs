@@ -68,3 +68,27 @@ pub fn open_fds() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// Runs `f` on a fresh default loop, failing the test if it takes over
+/// 5 s (for tests that do no I/O, so one backend says it all).
+pub fn run_bounded<F: Future>(f: F) -> F::Output {
+    uringio::run(async {
+        uringio::timeout(Duration::from_secs(5), f)
+            .await
+            .expect("test timed out")
+    })
+}
+
+/// Lets every other ready task run for a while.
+pub async fn settle() {
+    for _ in 0..20 {
+        uringio::yield_now().await;
+    }
+}
+
+/// Yields until `cond` holds (the caller's time bound ends it otherwise).
+pub async fn until(cond: impl Fn() -> bool) {
+    while !cond() {
+        uringio::yield_now().await;
+    }
+}
