@@ -9,7 +9,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::on_both;
+use common::{on_both, pattern};
 use futures_util::StreamExt;
 use uringio::net::{TcpListener, TcpStream, UdpSocket};
 
@@ -70,18 +70,6 @@ impl Child {
         self.0.stdout = Some(out.into_inner());
         line
     }
-}
-
-fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 const PY_ECHO_CLIENT: &str = r#"

@@ -7,23 +7,9 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
 
-use common::on_both;
+use common::{on_both, pattern};
 use futures_util::StreamExt;
 use uringio::net::{TcpListener, TcpStream};
-
-/// `n` bytes of a pseudo-random pattern (xorshift), so a misplaced or
-/// repeated chunk cannot go unnoticed.
-fn pattern(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Reads until end of stream, returning everything read.
 async fn read_to_end(s: &TcpStream) -> io::Result<Vec<u8>> {

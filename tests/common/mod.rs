@@ -92,3 +92,17 @@ pub async fn until(cond: impl Fn() -> bool) {
         uringio::yield_now().await;
     }
 }
+
+/// `n` bytes of a pseudo-random pattern (xorshift), so a misplaced or
+/// repeated chunk cannot go unnoticed.
+pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
