@@ -14,8 +14,13 @@
 //!    └──poll──▶ Pool(key) ──pool thread performs──▶ Done           (files)
 //!                   └─drop─▶ slot Abandoned(data); freed when the pool is done
 //! ```
-//! The op's data (buffers included) lives in a `Box` that never moves while
-//! the kernel or a pool thread may touch it.
+//! An op's data (buffers included) never moves while the kernel or a pool
+//! thread may touch it: it lives in a `Box`, unless the op declares
+//! [`OpCode::MOVABLE`] (its SQE points only into buffers' own heap storage,
+//! which [`IoBuf`](crate::buf::IoBuf)'s contract keeps put), in which case
+//! it stays inline in the future on io_uring and is boxed only if it goes
+//! to the blocking pool or is abandoned in flight. That saves an allocation
+//! per socket read or write.
 
 pub(crate) mod fs;
 pub(crate) mod net;
@@ -55,6 +60,13 @@ pub(crate) enum Mode {
 pub(crate) trait OpCode: 'static {
     /// What awaiting the op yields.
     type Output;
+
+    /// The SQE and `perform` point only into memory that stays put when
+    /// `self` moves (a buffer's heap storage), never into `self`: the op's
+    /// data may then live inline in its future while in flight on
+    /// io_uring. Ops that hand the kernel pointers to their own fields
+    /// (iovecs, socket addresses, statx) keep the default.
+    const MOVABLE: bool = false;
 
     /// The SQE. Called once, with `self` at its final heap address, which
     /// stays put until the CQE arrives; pointers into `self` may go in it.
@@ -99,9 +111,43 @@ enum State {
     Done,
 }
 
+/// Where an op's data lives.
+enum Data<T> {
+    /// In the future itself (only for [`OpCode::MOVABLE`] ops).
+    Inline(T),
+    /// On the heap, at an address that never changes.
+    Boxed(Box<T>),
+}
+
+impl<T> Data<T> {
+    fn get(&mut self) -> &mut T {
+        match self {
+            Data::Inline(t) => t,
+            Data::Boxed(b) => b,
+        }
+    }
+
+    fn into_inner(self) -> T {
+        match self {
+            Data::Inline(t) => t,
+            Data::Boxed(b) => *b,
+        }
+    }
+
+    fn into_any(self) -> Box<dyn Any>
+    where
+        T: 'static,
+    {
+        match self {
+            Data::Inline(t) => Box::new(t),
+            Data::Boxed(b) => b,
+        }
+    }
+}
+
 /// The future of one op.
 pub(crate) struct Op<T: OpCode> {
-    data: Option<Box<T>>,
+    data: Option<Data<T>>,
     state: State,
     /// The driver the op was submitted to (kept alive while the op lives).
     driver: Option<Rc<Driver>>,
@@ -110,8 +156,13 @@ pub(crate) struct Op<T: OpCode> {
 
 impl<T: OpCode> Op<T> {
     pub(crate) fn new(data: T) -> Op<T> {
+        let data = if T::MOVABLE {
+            Data::Inline(data)
+        } else {
+            Data::Boxed(Box::new(data))
+        };
         Op {
-            data: Some(Box::new(data)),
+            data: Some(data),
             state: State::Init,
             driver: None,
             cancel: None,
@@ -122,7 +173,7 @@ impl<T: OpCode> Op<T> {
         self.state = State::Done;
         self.unregister_cancel();
         let data = self.data.take().expect("op polled after completion");
-        (*data).complete(res, flags)
+        data.into_inner().complete(res, flags)
     }
 
     fn cancel_fired(&self) -> bool {
@@ -164,7 +215,7 @@ impl<T: OpCode> Op<T> {
                     if self.cancel_fired() {
                         return Poll::Ready(self.finish(Err(ecanceled()), 0));
                     }
-                    let data = self.data.as_mut().expect("op data");
+                    let data = self.data.as_mut().expect("op data").get();
                     if let Err(e) = data.check() {
                         return Poll::Ready(self.finish(Err(e), 0));
                     }
@@ -180,7 +231,16 @@ impl<T: OpCode> Op<T> {
                         }
                         Backends::Epoll(e) => match data.mode() {
                             Mode::Blocking => {
-                                let ptr: *mut T = &mut **data;
+                                // A pool thread gets a pointer to the data:
+                                // it must not move from here on.
+                                let boxed = match self.data.take().expect("op data") {
+                                    Data::Boxed(b) => b,
+                                    Data::Inline(t) => Box::new(t),
+                                };
+                                let ptr: *mut T = match self.data.insert(Data::Boxed(boxed)) {
+                                    Data::Boxed(b) => &mut **b,
+                                    Data::Inline(_) => unreachable!(),
+                                };
                                 let key = e.submit_blocking(ptr, cx.waker());
                                 drop(inner);
                                 driver.bump(|s| s.blocking_ops += 1);
@@ -234,7 +294,7 @@ impl<T: OpCode> Op<T> {
                     // A fired canceller still gets one try: what already
                     // arrived is handed over rather than left behind.
                     let fired = self.cancel_fired();
-                    let data = self.data.as_mut().expect("op data");
+                    let data = self.data.as_mut().expect("op data").get();
                     let mode = data.mode();
                     let (fd, write) = match mode {
                         Mode::Readable(fd) => (fd, false),
@@ -307,7 +367,7 @@ impl<T: OpCode> Drop for Op<T> {
         let (Some(data), Some(driver)) = (self.data.take(), self.driver.as_ref()) else {
             return;
         };
-        let data: Box<dyn Any> = data;
+        let data: Box<dyn Any> = data.into_any();
         match (state, &mut *driver.inner.borrow_mut()) {
             // The kernel or a pool thread still owns the buffers: park them in
             // the driver until the completion arrives.

@@ -65,6 +65,9 @@ impl<B: IoBufMut> Read<B> {
 impl<B: IoBufMut> OpCode for Read<B> {
     type Output = crate::BufResult<usize, B>;
 
+    // The SQE points at the buffer's heap storage and nothing else.
+    const MOVABLE: bool = true;
+
     fn check(&self) -> io::Result<()> {
         if self.len == 0 {
             return Err(crate::net::no_spare_capacity());
@@ -148,6 +151,9 @@ impl<B: IoBuf> Write<B> {
 
 impl<B: IoBuf> OpCode for Write<B> {
     type Output = crate::BufResult<usize, B>;
+
+    // The SQE points at the buffer's heap storage and nothing else.
+    const MOVABLE: bool = true;
 
     fn sqe(&mut self) -> squeue::Entry {
         if self.socket {
