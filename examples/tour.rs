@@ -44,7 +44,7 @@ fn main() {
             }
         );
         println!(
-            "  features:         nodrop={} ext_arg={} multishot_accept={} recv_multishot={} buf_ring={} send_zc={} msg_ring={} waitid={} ftruncate={}",
+            "  features:         nodrop={} ext_arg={} multishot_accept={} recv_multishot={} buf_ring={} send_zc={} msg_ring={} waitid={} ftruncate={} fixed_files={}",
             f.nodrop,
             f.ext_arg,
             f.multishot_accept,
@@ -53,7 +53,8 @@ fn main() {
             f.send_zc,
             f.msg_ring,
             f.waitid,
-            f.ftruncate
+            f.ftruncate,
+            f.fixed_files
         );
     }
     println!();

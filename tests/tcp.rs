@@ -491,3 +491,52 @@ fn short_read_then_eof_that_arrived_with_the_data() {
         }
     });
 }
+
+/// Sockets that keep being used go into io_uring's registered-file table;
+/// their data stays right, slots are reused by later connections, and
+/// dropping a registered socket still closes it (the peer sees EOF at once).
+#[test]
+fn busy_sockets_are_registered_and_still_close() {
+    on_both(20, |b| async move {
+        let uring = uringio::driver::features().io_uring;
+        let table = uringio::driver::features().fixed_files;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        for round in 0..3u64 {
+            let mut pairs = Vec::new();
+            for _ in 0..10 {
+                let c = uringio::spawn(async move { TcpStream::connect(addr).await });
+                let (s, _) = l.accept().await.unwrap();
+                pairs.push((c.await.unwrap().unwrap(), s));
+            }
+            // 40 round trips per connection, each with its own bytes.
+            for i in 0..40u64 {
+                for (k, (c, s)) in pairs.iter().enumerate() {
+                    let msg = pattern(100 + k, round * 1000 + i * 10 + k as u64);
+                    let (res, _) = c.write_all(msg.clone()).await;
+                    res.unwrap();
+                    let got = read_exact(s, msg.len()).await.unwrap();
+                    assert_eq!(got, msg, "{b}: round {round} message {i} conn {k}");
+                    let (res, _) = s.write_all(got).await;
+                    res.unwrap();
+                    let back = read_exact(c, msg.len()).await.unwrap();
+                    assert_eq!(back, msg, "{b}: echo, round {round} message {i} conn {k}");
+                }
+            }
+            let registered = uringio::driver::stats().registered_files;
+            if uring && table >= 20 {
+                assert_eq!(registered, 20, "{b}: both ends of 10 busy connections");
+            } else if !uring {
+                assert_eq!(registered, 0, "{b}: epoll has no file table");
+            }
+            // Dropping one end must close the socket right away, registered
+            // or not: the other end reads EOF.
+            for (c, s) in pairs {
+                drop(s);
+                let (res, _) = c.read(Vec::with_capacity(16)).await;
+                assert_eq!(res.unwrap(), 0, "{b}: EOF after the peer was dropped");
+            }
+            assert_eq!(uringio::driver::stats().registered_files, 0, "{b}");
+        }
+    });
+}

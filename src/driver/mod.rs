@@ -22,6 +22,7 @@ pub(crate) mod uring;
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
@@ -66,6 +67,10 @@ pub struct Features {
     pub msg_ring: bool,
     /// `IORING_OP_WAITID` (6.7).
     pub waitid: bool,
+    /// Size of the registered-file table (sparse registration, 5.19) that
+    /// busy sockets are put in, so their ops skip the per-op fd lookup;
+    /// 0 on epoll or when the kernel refused it.
+    pub fixed_files: u32,
     /// `IORING_OP_FTRUNCATE` (6.9).
     pub ftruncate: bool,
 }
@@ -84,6 +89,9 @@ pub struct Stats {
     pub cq_overflows: u64,
     /// Ops sent to the blocking pool (epoll file ops).
     pub blocking_ops: u64,
+    /// Sockets in the ring's registered-file table right now (io_uring;
+    /// busy sockets are registered, see [`Features::fixed_files`]).
+    pub registered_files: u64,
 }
 
 /// The counters of the loop running on this thread.
@@ -244,6 +252,26 @@ impl Driver {
         if let Backends::Epoll(e) = &mut *self.inner.borrow_mut() {
             e.forget_fd(fd);
         }
+    }
+
+    /// Registers `fd` in the ring's file table (io_uring only).
+    pub(crate) fn register_file(&self, fd: RawFd) -> Option<u32> {
+        let slot = match &mut *self.inner.borrow_mut() {
+            Backends::Uring(u) => u.register_file(fd),
+            Backends::Epoll(_) => None,
+        };
+        if slot.is_some() {
+            self.bump(|s| s.registered_files += 1);
+        }
+        slot
+    }
+
+    /// Gives a registered-file slot back; call before closing its fd.
+    pub(crate) fn unregister_file(&self, slot: u32) {
+        if let Backends::Uring(u) = &mut *self.inner.borrow_mut() {
+            u.unregister_file(slot);
+        }
+        self.bump(|s| s.registered_files = s.registered_files.saturating_sub(1));
     }
 
     pub(crate) fn bump(&self, f: impl FnOnce(&mut Stats)) {

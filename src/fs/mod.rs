@@ -243,7 +243,7 @@ impl File {
 
     /// Writes all of `buf`'s initialised bytes at `pos`.
     pub async fn write_all_at<B: IoBuf>(&self, buf: B, pos: u64) -> BufResult<(), B> {
-        crate::driver::op::rw::write_all(self.raw(), buf, Some(pos), false).await
+        crate::driver::op::rw::write_all(self.raw(), buf, Some(pos), false, None).await
     }
 
     /// Vectored read at `pos`.

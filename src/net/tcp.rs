@@ -204,17 +204,24 @@ impl TcpStream {
 
     /// Reads into `buf`'s spare capacity; `Ok(0)` at end of stream.
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(ops::Read::new(self.sock.fd(), buf, None, true).stream())
+        let fixed = self.sock.fixed();
+        Op::new(
+            ops::Read::new(self.sock.fd(), buf, None, true)
+                .stream()
+                .fixed(fixed),
+        )
     }
 
     /// Writes `buf`'s initialised bytes (maybe not all of them).
     pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(ops::Write::new(self.sock.fd(), buf, None, true))
+        let fixed = self.sock.fixed();
+        Op::new(ops::Write::new(self.sock.fd(), buf, None, true).fixed(fixed))
     }
 
     /// Writes all of `buf`'s initialised bytes.
     pub async fn write_all<B: IoBuf>(&self, buf: B) -> BufResult<(), B> {
-        ops::write_all(self.sock.fd(), buf, None, true).await
+        let fixed = self.sock.fixed();
+        ops::write_all(self.sock.fd(), buf, None, true, fixed).await
     }
 
     /// Reads into several buffers' spare capacity, in order.

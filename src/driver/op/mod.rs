@@ -75,6 +75,11 @@ pub(crate) trait OpCode: 'static {
     /// How epoll runs it.
     fn mode(&self) -> Mode;
 
+    /// Called on io_uring just before [`OpCode::sqe`] with the driver the
+    /// op goes to: an op carrying a registered-file slot ([`FixedFd`])
+    /// drops it unless the slot belongs to that driver's ring.
+    fn bind_fixed(&mut self, _driver: &Driver) {}
+
     /// Checks the op's arguments before it is submitted; an error here
     /// resolves the op at once.
     fn check(&self) -> io::Result<()> {
@@ -109,6 +114,22 @@ enum State {
     Epoll,
     Pool(usize),
     Done,
+}
+
+/// A socket's slot in one ring's registered-file table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FixedFd {
+    /// The slot (`types::Fixed`).
+    pub(crate) slot: u32,
+    /// The driver whose ring the slot is in (compared, never dereferenced).
+    pub(crate) driver: *const Driver,
+}
+
+impl FixedFd {
+    /// `Some(self)` when `driver` is the one the slot belongs to.
+    pub(crate) fn on(fixed: Option<FixedFd>, driver: &Driver) -> Option<FixedFd> {
+        fixed.filter(|f| std::ptr::eq(f.driver, driver))
+    }
 }
 
 /// Where an op's data lives.
@@ -222,6 +243,7 @@ impl<T: OpCode> Op<T> {
                     let mut inner = driver.inner.borrow_mut();
                     match &mut *inner {
                         Backends::Uring(u) => {
+                            data.bind_fixed(driver);
                             let sqe = data.sqe();
                             let key = u.submit(sqe, cx.waker());
                             drop(inner);

@@ -11,7 +11,25 @@ use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Mode, OpCode};
+use super::{FixedFd, Mode, OpCode};
+use crate::driver::Driver;
+
+/// Builds an SQE naming the fd, or its registered-file slot when there is
+/// one (the builder then sets `IOSQE_FIXED_FILE`).
+macro_rules! on_target {
+    ($fixed:expr, $fd:expr, |$t:ident| $e:expr) => {
+        match $fixed {
+            Some(f) => {
+                let $t = types::Fixed(f.slot);
+                $e
+            }
+            None => {
+                let $t = types::Fd($fd);
+                $e
+            }
+        }
+    };
+}
 use crate::buf::{self, IoBuf, IoBufMut};
 
 /// The most one read or write moves (Linux's `MAX_RW_COUNT`); larger
@@ -37,6 +55,8 @@ pub(crate) struct Read<B> {
     socket: bool,
     /// A stream socket: a short read means it was drained.
     stream: bool,
+    /// The socket's registered-file slot, if it has one.
+    fixed: Option<FixedFd>,
 }
 
 impl<B: IoBufMut> Read<B> {
@@ -51,7 +71,14 @@ impl<B: IoBufMut> Read<B> {
             offset,
             socket,
             stream: false,
+            fixed: None,
         }
+    }
+
+    /// Names the socket by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Read<B> {
+        self.fixed = fixed;
+        self
     }
 
     /// Marks the fd as a stream socket (TCP, Unix stream), where a short
@@ -68,6 +95,10 @@ impl<B: IoBufMut> OpCode for Read<B> {
     // The SQE points at the buffer's heap storage and nothing else.
     const MOVABLE: bool = true;
 
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
+
     fn check(&self) -> io::Result<()> {
         if self.len == 0 {
             return Err(crate::net::no_spare_capacity());
@@ -77,7 +108,12 @@ impl<B: IoBufMut> OpCode for Read<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         if self.socket {
-            opcode::Recv::new(types::Fd(self.fd), self.ptr, self.len as u32).build()
+            on_target!(self.fixed, self.fd, |t| opcode::Recv::new(
+                t,
+                self.ptr,
+                self.len as u32
+            )
+            .build())
         } else {
             opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
                 .offset(self.offset.unwrap_or(u64::MAX))
@@ -132,6 +168,8 @@ pub(crate) struct Write<B> {
     len: usize,
     offset: Option<u64>,
     socket: bool,
+    /// The socket's registered-file slot, if it has one.
+    fixed: Option<FixedFd>,
 }
 
 impl<B: IoBuf> Write<B> {
@@ -145,7 +183,14 @@ impl<B: IoBuf> Write<B> {
             len,
             offset,
             socket,
+            fixed: None,
         }
+    }
+
+    /// Names the socket by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Write<B> {
+        self.fixed = fixed;
+        self
     }
 }
 
@@ -155,11 +200,19 @@ impl<B: IoBuf> OpCode for Write<B> {
     // The SQE points at the buffer's heap storage and nothing else.
     const MOVABLE: bool = true;
 
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
         if self.socket {
-            opcode::Send::new(types::Fd(self.fd), self.ptr, self.len as u32)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Send::new(
+                t,
+                self.ptr,
+                self.len as u32
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build())
         } else {
             opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
                 .offset(self.offset.unwrap_or(u64::MAX))
@@ -381,12 +434,14 @@ pub(crate) async fn write_all<B: IoBuf>(
     mut buf: B,
     offset: Option<u64>,
     socket: bool,
+    fixed: Option<FixedFd>,
 ) -> crate::BufResult<(), B> {
     let total = buf.bytes_init();
     let mut done = 0;
     while done < total {
         let at = offset.map(|o| o + done as u64);
-        let (res, slice) = super::Op::new(Write::new(fd, buf.slice(done..total), at, socket)).await;
+        let (res, slice) =
+            super::Op::new(Write::new(fd, buf.slice(done..total), at, socket).fixed(fixed)).await;
         buf = slice.into_inner();
         match res {
             Ok(0) => {

@@ -78,6 +78,28 @@ pub(crate) struct Uring {
     pending: Vec<Option<(usize, squeue::Entry)>>,
     /// Slot key → index in `pending`, or `NOT_PENDING`.
     pending_idx: Vec<usize>,
+    /// The registered-file table (see [`Uring::register_file`]).
+    files: FixedFiles,
+}
+
+/// Slots of the ring's sparse registered-file table.
+pub(crate) struct FixedFiles {
+    /// Table size; 0 when the kernel gave us none.
+    pub(crate) size: u32,
+    /// Slots given back, reused first.
+    free: Vec<u32>,
+    /// Slots `next..size` were never used.
+    next: u32,
+}
+
+impl FixedFiles {
+    pub(crate) fn new(size: u32) -> FixedFiles {
+        FixedFiles {
+            size,
+            free: Vec::new(),
+            next: 0,
+        }
+    }
 }
 
 const NOT_PENDING: usize = usize::MAX;
@@ -172,6 +194,45 @@ impl Uring {
             }
             _ => {}
         }
+    }
+
+    /// Puts `fd` in the registered-file table; its ops can then name the
+    /// slot (`IOSQE_FIXED_FILE`) and the kernel skips looking the fd up
+    /// and taking a reference on every op. `None` when the table is full
+    /// or absent. The table holds a reference to the file: the slot must
+    /// be given back ([`Uring::unregister_file`]) before the fd is closed,
+    /// or the socket would stay open.
+    pub(crate) fn register_file(&mut self, fd: RawFd) -> Option<u32> {
+        let f = &mut self.files;
+        let slot = match f.free.pop() {
+            Some(s) => s,
+            None if f.next < f.size => {
+                f.next += 1;
+                f.next - 1
+            }
+            None => return None,
+        };
+        match self.ring.submitter().register_files_update(slot, &[fd]) {
+            Ok(_) => Some(slot),
+            Err(e) => {
+                log::debug!("uringio: registering fd {fd} in slot {slot}: {e}");
+                self.files.free.push(slot);
+                None
+            }
+        }
+    }
+
+    /// Empties a registered-file slot (the table drops its reference to
+    /// the file at once) and makes it free for reuse. Ops already
+    /// submitted hold their own reference; unsubmitted ones of a dropped
+    /// socket cannot exist (dropped ops leave `pending`).
+    pub(crate) fn unregister_file(&mut self, slot: u32) {
+        if let Err(e) = self.ring.submitter().register_files_update(slot, &[-1]) {
+            // Keep the slot out of circulation: it may still hold a file.
+            log::warn!("uringio: emptying registered-file slot {slot}: {e}");
+            return;
+        }
+        self.files.free.push(slot);
     }
 
     /// Queues an op's SQE (submitted at the next `park`); returns its slot

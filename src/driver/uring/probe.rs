@@ -106,6 +106,15 @@ fn simulated(s: &str) -> SetupError {
     }
 }
 
+/// How many registered-file slots to ask for: up to 4096, and no more than
+/// the soft RLIMIT_NOFILE.
+fn fixed_table_size() -> u32 {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(0);
+    soft.min(4096) as u32
+}
+
 /// Kernels before 5.12 charge ring memory to RLIMIT_MEMLOCK.
 fn kernel_before_5_12() -> bool {
     let rel = nix::sys::utsname::uname()
@@ -186,6 +195,14 @@ impl Uring {
                 )));
             }
         }
+        // A sparse registered-file table (5.19) for busy sockets. Its size
+        // is bounded by RLIMIT_NOFILE (the kernel refuses more with EMFILE).
+        let files = fixed_table_size();
+        let files = if files > 0 && ring.submitter().register_files_sparse(files).is_ok() {
+            files
+        } else {
+            0
+        };
         let mut setup_flags = flags.clone();
         if setup_flags.contains(&"COOP_TASKRUN") {
             setup_flags.push("TASKRUN_FLAG");
@@ -211,6 +228,7 @@ impl Uring {
             msg_ring: probe.is_supported(opcode::MsgRingData::CODE),
             waitid: probe.is_supported(opcode::WaitId::CODE),
             ftruncate: probe.is_supported(opcode::Ftruncate::CODE),
+            fixed_files: files,
         };
         Ok((
             Uring {
@@ -224,6 +242,7 @@ impl Uring {
                 garbage: Vec::new(),
                 pending: Vec::new(),
                 pending_idx: Vec::new(),
+                files: super::FixedFiles::new(files),
             },
             features,
         ))
