@@ -3,9 +3,12 @@
 //!
 //! Each server runs on one thread pinned to CPU 0. The load comes from one
 //! client thread pinned to CPU 1: a uringio loop on io_uring (the same
-//! client for every server) with 64 connections, each sending a message and
-//! waiting for the whole echo before sending the next (ping-pong). Every
-//! accepted and connecting socket gets `TCP_NODELAY`, on every server.
+//! client for every server; `ECHO_CLIENT=tokio` uses a tokio client
+//! instead) with 64 connections, each sending a message and waiting for the
+//! whole echo before sending the next (ping-pong). Every accepted and
+//! connecting socket gets `TCP_NODELAY`, on every server. monoio (another
+//! io_uring runtime) runs the same echo loop as a fourth server, for
+//! reference.
 //!
 //! Reported per server: echoed messages per second, the server thread's CPU
 //! time per message (`CLOCK_THREAD_CPUTIME_ID` of the server thread, read at
@@ -18,7 +21,8 @@
 //! - `ECHO_SIZES`  message sizes in bytes, comma-separated (default 1024)
 //! - `ECHO_ROUNDS` rounds of all servers, alternated (default 3)
 //! - `ECHO_CONNS`  connections (default 64)
-//! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio`
+//! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio,monoio`
+//! - `ECHO_CLIENT` `uringio` (default) or `tokio`: the load generator
 //! - `ECHO_QUIET_WAIT` seconds to wait before each run for other processes
 //!   to use under 0.1 CPU (default 30; 0 to not wait). Runs that still saw
 //!   other load are counted in a warning under the table.
@@ -56,16 +60,23 @@ enum Server {
     UringIo,
     Epoll,
     Tokio,
+    Monoio,
 }
 
 impl Server {
-    const ALL: [Server; 3] = [Server::UringIo, Server::Epoll, Server::Tokio];
+    const ALL: [Server; 4] = [
+        Server::UringIo,
+        Server::Epoll,
+        Server::Tokio,
+        Server::Monoio,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Server::UringIo => "uringio io_uring",
             Server::Epoll => "uringio epoll",
             Server::Tokio => "tokio current_thread",
+            Server::Monoio => "monoio io_uring",
         }
     }
 
@@ -74,6 +85,7 @@ impl Server {
             Server::UringIo => "uring",
             Server::Epoll => "epoll",
             Server::Tokio => "tokio",
+            Server::Monoio => "monoio",
         }
     }
 }
@@ -191,6 +203,7 @@ fn start_server(kind: Server) -> RunningServer {
                 Server::UringIo => uringio_server(Backend::IoUring, tx),
                 Server::Epoll => uringio_server(Backend::Epoll, tx),
                 Server::Tokio => tokio_server(tx),
+                Server::Monoio => monoio_server(tx),
             }
         })
         .expect("spawn server thread");
@@ -295,6 +308,56 @@ fn tokio_server(ready: Ready) {
     });
 }
 
+/// monoio (another io_uring runtime, thread-per-core, owned buffers) with
+/// its defaults, for reference: the same read + write_all echo loop.
+fn monoio_server(ready: Ready) {
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime (io_uring)");
+    rt.block_on(async move {
+        let listener = monoio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        ready
+            .send((addr, Box::new(move || flag.store(true, Ordering::SeqCst))))
+            .expect("main thread gone");
+        monoio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                s.set_nodelay(true).expect("TCP_NODELAY");
+                monoio::spawn(async move {
+                    let mut buf = Vec::with_capacity(SERVER_BUF);
+                    loop {
+                        buf.clear();
+                        let (res, b) = s.read(buf).await;
+                        buf = b;
+                        match res {
+                            Ok(n) if n > 0 => {}
+                            _ => return,
+                        }
+                        let (res, b) = s.write_all(buf).await;
+                        buf = b;
+                        if res.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        // No cross-thread stop in monoio's API: look at a flag now and then.
+        while !stop.load(Ordering::SeqCst) {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
 /// One measured run.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -324,8 +387,97 @@ enum Load {
     Rate(f64),
 }
 
+/// The load generator: a uringio loop on io_uring (the default), or tokio
+/// `current_thread` (`ECHO_CLIENT=tokio`), to show the client is not what
+/// decides the ratios.
+enum Client {
+    UringIo(Runner),
+    Tokio(tokio::runtime::Runtime),
+}
+
+impl Client {
+    fn name(&self) -> &'static str {
+        match self {
+            Client::UringIo(_) => "uringio io_uring",
+            Client::Tokio(_) => "tokio current_thread",
+        }
+    }
+}
+
+/// With a rate: connection `i`'s period, and a first slot that spreads the
+/// connections evenly over it.
+fn pace_of(load: Load, i: usize, conns: usize, start: Instant) -> Option<(Duration, Instant)> {
+    match load {
+        Load::Saturate => None,
+        Load::Rate(r) => {
+            let period = Duration::from_secs_f64(conns as f64 / r);
+            Some((period, start + period.mul_f64(i as f64 / conns as f64)))
+        }
+    }
+}
+
+/// Moves a pacing slot on; a connection that fell behind drops the missed
+/// slots rather than bursting.
+fn next_slot(pace: &mut (Duration, Instant)) {
+    pace.1 += pace.0;
+    let now = Instant::now();
+    if pace.1 < now {
+        pace.1 = now;
+    }
+}
+
+/// Warms up, then measures one window: messages counted by the client's
+/// connections, the server thread's CPU, the client's own CPU, and what
+/// other processes used. `sleep` is the client runtime's timer.
+async fn measure_window<F: std::future::Future<Output = ()>>(
+    sleep: impl Fn(Duration) -> F,
+    count: &Cell<u64>,
+    server_clock: libc::clockid_t,
+    s: &Settings,
+) -> Sample {
+    sleep(Duration::from_secs_f64(s.warmup)).await;
+    let me = libc::CLOCK_THREAD_CPUTIME_ID;
+    let (m0, s0) = machine_and_self_ticks();
+    let (n0, cpu0, c0, t0) = (
+        count.get(),
+        thread_cpu(server_clock),
+        thread_cpu(me),
+        Instant::now(),
+    );
+    sleep(Duration::from_secs_f64(s.secs)).await;
+    let (n1, cpu1, c1, t1) = (
+        count.get(),
+        thread_cpu(server_clock),
+        thread_cpu(me),
+        Instant::now(),
+    );
+    let (m1, s1) = machine_and_self_ticks();
+    let msgs = (n1 - n0) as f64;
+    let secs = (t1 - t0).as_secs_f64();
+    let other_ticks = (m1 - m0).saturating_sub(s1 - s0) as f64;
+    Sample {
+        msgs_per_sec: msgs / secs,
+        cpu_ns_per_msg: (cpu1 - cpu0).as_nanos() as f64 / msgs.max(1.0),
+        client_ns_per_msg: (c1 - c0).as_nanos() as f64 / msgs.max(1.0),
+        others: other_ticks / ticks_per_sec() / secs,
+    }
+}
+
 /// Drives `server` with the ping-pong load for one run.
 fn run_load(
+    client: &mut Client,
+    server: &RunningServer,
+    size: usize,
+    load: Load,
+    s: &Settings,
+) -> Sample {
+    match client {
+        Client::UringIo(rt) => run_load_uringio(rt, server, size, load, s),
+        Client::Tokio(rt) => run_load_tokio(rt, server, size, load, s),
+    }
+}
+
+fn run_load_uringio(
     client: &mut Runner,
     server: &RunningServer,
     size: usize,
@@ -346,35 +498,20 @@ fn run_load(
             streams.push(c);
         }
         let start = Instant::now();
-        let conns = s.conns;
         let tasks: Vec<_> = streams
             .into_iter()
             .enumerate()
             .map(|(i, c)| {
                 let count = count.clone();
                 let stop = stop.clone();
-                // With a rate: this connection's period, and a start offset
-                // that spreads the connections evenly over it.
-                let pace = match load {
-                    Load::Saturate => None,
-                    Load::Rate(r) => {
-                        let period = Duration::from_secs_f64(conns as f64 / r);
-                        Some((period, start + period.mul_f64(i as f64 / conns as f64)))
-                    }
-                };
+                let mut pace = pace_of(load, i, s.conns, start);
                 uringio::spawn(async move {
                     let mut out = vec![0xA5u8; size];
                     let mut back = Vec::with_capacity(size);
-                    let mut pace = pace;
                     while !stop.get() {
-                        if let Some((period, next)) = &mut pace {
-                            uringio::sleep_until(*next).await;
-                            *next += *period;
-                            // Fell behind: drop the missed slots, no burst.
-                            let now = Instant::now();
-                            if *next < now {
-                                *next = now;
-                            }
+                        if let Some(p) = &mut pace {
+                            uringio::sleep_until(p.1).await;
+                            next_slot(p);
                         }
                         let (res, b) = c.write_all(out).await;
                         out = b;
@@ -394,36 +531,66 @@ fn run_load(
                 })
             })
             .collect();
-        uringio::sleep(Duration::from_secs_f64(s.warmup)).await;
-        let me = libc::CLOCK_THREAD_CPUTIME_ID;
-        let (m0, s0) = machine_and_self_ticks();
-        let (n0, cpu0, c0, t0) = (
-            count.get(),
-            thread_cpu(clock),
-            thread_cpu(me),
-            Instant::now(),
-        );
-        uringio::sleep(Duration::from_secs_f64(s.secs)).await;
-        let (n1, cpu1, c1, t1) = (
-            count.get(),
-            thread_cpu(clock),
-            thread_cpu(me),
-            Instant::now(),
-        );
-        let (m1, s1) = machine_and_self_ticks();
+        let sample = measure_window(uringio::sleep, &count, clock, s).await;
         stop.set(true);
         for t in tasks {
             t.await.expect("client task");
         }
-        let msgs = (n1 - n0) as f64;
-        let secs = (t1 - t0).as_secs_f64();
-        let other_ticks = (m1 - m0).saturating_sub(s1 - s0) as f64;
-        Sample {
-            msgs_per_sec: msgs / secs,
-            cpu_ns_per_msg: (cpu1 - cpu0).as_nanos() as f64 / msgs.max(1.0),
-            client_ns_per_msg: (c1 - c0).as_nanos() as f64 / msgs.max(1.0),
-            others: other_ticks / ticks_per_sec() / secs,
+        sample
+    })
+}
+
+fn run_load_tokio(
+    rt: &mut tokio::runtime::Runtime,
+    server: &RunningServer,
+    size: usize,
+    load: Load,
+    s: &Settings,
+) -> Sample {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = server.addr;
+    let clock = server.cpu_clock;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(rt, async move {
+        let count = Rc::new(Cell::new(0u64));
+        let stop = Rc::new(Cell::new(false));
+        let mut streams = Vec::with_capacity(s.conns);
+        for _ in 0..s.conns {
+            let c = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the server");
+            c.set_nodelay(true).expect("TCP_NODELAY");
+            streams.push(c);
         }
+        let start = Instant::now();
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                let count = count.clone();
+                let stop = stop.clone();
+                let mut pace = pace_of(load, i, s.conns, start);
+                tokio::task::spawn_local(async move {
+                    let out = vec![0xA5u8; size];
+                    let mut back = vec![0u8; size];
+                    while !stop.get() {
+                        if let Some(p) = &mut pace {
+                            tokio::time::sleep_until(p.1.into()).await;
+                            next_slot(p);
+                        }
+                        c.write_all(&out).await.expect("client write");
+                        c.read_exact(&mut back).await.expect("client read");
+                        count.set(count.get() + 1);
+                    }
+                })
+            })
+            .collect();
+        let sample = measure_window(tokio::time::sleep, &count, clock, s).await;
+        stop.set(true);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        sample
     })
 }
 
@@ -478,14 +645,29 @@ fn main() {
     };
 
     pin_to(CLIENT_CPU);
-    let mut client = Runner::builder()
-        .backend(Backend::IoUring)
-        .build()
-        .expect("the load client needs io_uring");
+    let mut client = match std::env::var("ECHO_CLIENT").as_deref() {
+        Ok("tokio") => Client::Tokio(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the client"),
+        ),
+        Ok("uringio") | Ok("") | Err(_) => Client::UringIo(
+            Runner::builder()
+                .backend(Backend::IoUring)
+                .build()
+                .expect("the load client needs io_uring"),
+        ),
+        Ok(other) => panic!("ECHO_CLIENT: `uringio` or `tokio`, not `{other}`"),
+    };
     println!(
         "echo: {} connections, ping-pong, {}s measured (+{}s warm-up) per run, {} round(s); \
-         server on CPU {SERVER_CPU}, uringio io_uring client on CPU {CLIENT_CPU}",
-        settings.conns, settings.secs, settings.warmup, rounds
+         server on CPU {SERVER_CPU}, {} client on CPU {CLIENT_CPU}",
+        settings.conns,
+        settings.secs,
+        settings.warmup,
+        rounds,
+        client.name()
     );
 
     for &size in &sizes {
@@ -497,7 +679,7 @@ fn main() {
 
 /// Runs every server `rounds` times under one load and prints the table.
 fn measure(
-    client: &mut Runner,
+    client: &mut Client,
     servers: &[Server],
     size: usize,
     load: Load,
