@@ -5,7 +5,12 @@
 //! ```
 //! `ADDR` defaults to `127.0.0.1:7000`. Without `--backend` the loop picks
 //! io_uring when the kernel allows it and falls back to epoll otherwise
-//! (`URINGIO_BACKEND` overrides that choice). Runs until killed.
+//! (`URINGIO_BACKEND` overrides that choice). Runs until killed; on SIGINT
+//! or SIGTERM it stops cleanly: the loop cancels its in-flight ops and
+//! waits for their completions, so the port is free the moment the process
+//! is gone. (A process killed without that chance — SIGKILL — leaves the
+//! kernel to tear the ring down in the background: an in-flight accept
+//! keeps the listening socket open for a few more milliseconds.)
 
 use std::net::SocketAddr;
 
@@ -92,17 +97,27 @@ fn main() {
             }
         };
         println!("listening on {}", listener.local_addr().unwrap_or(addr));
-        let mut incoming = listener.incoming();
-        while let Some(conn) = incoming.next().await {
-            match conn {
-                Ok(stream) => {
-                    // Small request/response traffic: send replies at once.
-                    let _ = stream.set_nodelay(true);
-                    uringio::spawn(echo(stream)).detach();
+        uringio::spawn(async move {
+            let mut incoming = listener.incoming();
+            while let Some(conn) = incoming.next().await {
+                match conn {
+                    Ok(stream) => {
+                        // Small request/response traffic: send replies at once.
+                        let _ = stream.set_nodelay(true);
+                        uringio::spawn(echo(stream)).detach();
+                    }
+                    // EMFILE and friends: report and keep serving.
+                    Err(e) => eprintln!("echo_server: accept failed: {e}"),
                 }
-                // EMFILE and friends: report and keep serving.
-                Err(e) => eprintln!("echo_server: accept failed: {e}"),
             }
-        }
+        })
+        .detach();
+        let mut int = uringio::signal::signal(libc::SIGINT);
+        let mut term = uringio::signal::signal(libc::SIGTERM);
+        futures_util::future::select(int.next(), term.next()).await;
+        println!("echo_server: stopping");
+        // Returning ends `run`: the tasks (listener, connections) are
+        // dropped, and dropping the runner waits for the kernel to hand
+        // back everything still in flight.
     });
 }
