@@ -12,6 +12,7 @@
 //! kernel to tear the ring down in the background: an in-flight accept
 //! keeps the listening socket open for a few more milliseconds.)
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use futures_util::StreamExt;
@@ -20,6 +21,17 @@ use uringio::{Backend, Runner};
 
 /// Bytes read per `read` call.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// How long to pause accepting when the process is out of descriptors.
+const BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Errors that repeat on every accept until something is freed.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
 
 fn usage() -> ! {
     eprintln!("usage: echo_server [ADDR] [--backend epoll|io_uring|auto]");
@@ -99,14 +111,32 @@ fn main() {
         println!("listening on {}", listener.local_addr().unwrap_or(addr));
         uringio::spawn(async move {
             let mut incoming = listener.incoming();
+            // Out of descriptors (or memory), every accept fails at once
+            // until connections close: back off instead of spinning, as
+            // asyncio's servers do, and say so once per episode.
+            let mut starved = false;
             while let Some(conn) = incoming.next().await {
                 match conn {
                     Ok(stream) => {
+                        if starved {
+                            eprintln!("echo_server: accepting again");
+                            starved = false;
+                        }
                         // Small request/response traffic: send replies at once.
                         let _ = stream.set_nodelay(true);
                         uringio::spawn(echo(stream)).detach();
                     }
-                    // EMFILE and friends: report and keep serving.
+                    Err(e) if out_of_resources(&e) => {
+                        if !starved {
+                            eprintln!(
+                                "echo_server: accept failed: {e}; retrying every {BACKOFF:?}"
+                            );
+                            starved = true;
+                        }
+                        uringio::sleep(BACKOFF).await;
+                    }
+                    // Anything else (a connection reset before it was
+                    // accepted, ...): report and keep serving.
                     Err(e) => eprintln!("echo_server: accept failed: {e}"),
                 }
             }
@@ -115,7 +145,8 @@ fn main() {
         let mut int = uringio::signal::signal(libc::SIGINT);
         let mut term = uringio::signal::signal(libc::SIGTERM);
         futures_util::future::select(int.next(), term.next()).await;
-        println!("echo_server: stopping");
+        // Not `println!`: stdout may be a pipe nobody reads any more.
+        let _ = writeln!(std::io::stdout(), "echo_server: stopping");
         // Returning ends `run`: the tasks (listener, connections) are
         // dropped, and dropping the runner waits for the kernel to hand
         // back everything still in flight.

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Kills and reaps the child on drop, whatever happened.
-struct Guard(Child);
+/// Kills and reaps the child on drop, whatever happened. Holds the
+/// child's stdout open so its last words never hit a closed pipe.
+struct Guard(Child, Option<BufReader<std::process::ChildStdout>>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -59,14 +60,26 @@ async def main(port):
 asyncio.run(main(int(sys.argv[1])))
 "#;
 
-fn run(backend: &str) {
-    let child = Command::new(example())
+/// Starts the example on a free port; returns it with the port.
+fn start(backend: &str, fd_limit: Option<u32>) -> (Guard, u16) {
+    let mut cmd = match fd_limit {
+        // `exec` keeps the pid: the signal goes to the server itself.
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(example());
+            c
+        }
+        None => Command::new(example()),
+    };
+    let child = cmd
         .args(["127.0.0.1:0", "--backend", backend])
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start echo_server");
-    let mut g = Guard(child);
+    let mut g = Guard(child, None);
     let mut out = BufReader::new(g.0.stdout.take().unwrap());
     let mut port = None;
     let mut line = String::new();
@@ -83,8 +96,36 @@ fn run(backend: &str) {
             port = Some(a.rsplit(':').next().unwrap().parse::<u16>().unwrap());
         }
     }
-    let port = port.unwrap();
+    g.1 = Some(out);
+    (g, port.unwrap())
+}
 
+/// SIGTERM, then the exit status (bounded) and what it wrote to stderr.
+fn stop(mut g: Guard, backend: &str) -> String {
+    let pid = nix::unistd::Pid::from_raw(g.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = g.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{backend}: no exit 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(g.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        status.success(),
+        "{backend}: exit status {status}; stderr: {err}"
+    );
+    err
+}
+
+fn run(backend: &str) {
+    let (mut g, port) = start(backend, None);
     let client = Command::new("python3")
         .args(["-c", CLIENT, &port.to_string()])
         .output()
@@ -113,6 +154,55 @@ fn run(backend: &str) {
     // The port is free the moment the process is gone.
     std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("{backend}: port {port} still busy after exit: {e}"));
+}
+
+/// Out of descriptors, the server must neither spin nor flood its log:
+/// it backs off, and accepts again once connections close.
+fn run_out_of_fds(backend: &str) {
+    use std::io::{Read, Write};
+    let (g, port) = start(backend, Some(48));
+    // More connections than the server has descriptors for; the kernel
+    // completes them all (backlog), the server cannot accept them all.
+    let conns: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(conns);
+    // Once they are gone the server serves again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        s.write_all(b"again").unwrap();
+        let mut buf = [0u8; 5];
+        if s.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"again");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{backend}: never accepted again");
+    }
+    let err = stop(g, backend);
+    assert!(
+        err.contains("Too many open files"),
+        "{backend}: no EMFILE reported: {err}"
+    );
+    // A spinning accept loop logs millions of lines in that time.
+    assert!(
+        err.lines().count() < 20,
+        "{backend}: log flooded: {} lines",
+        err.lines().count()
+    );
+}
+
+#[test]
+fn echo_server_example_backs_off_when_out_of_fds_io_uring() {
+    run_out_of_fds("io_uring");
+}
+
+#[test]
+fn echo_server_example_backs_off_when_out_of_fds_epoll() {
+    run_out_of_fds("epoll");
 }
 
 #[test]

@@ -77,6 +77,12 @@ impl TcpListener {
     }
 
     /// Waits for a connection.
+    ///
+    /// Errors come back as they happen, as from `accept(2)`. Out of
+    /// descriptors or memory (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) the
+    /// next call fails at once too, until something is freed: a server
+    /// loop should pause before retrying (asyncio's servers wait 1 s;
+    /// `examples/echo_server.rs` waits 100 ms) rather than spin.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (fd, addr) = Op::new(ops::Accept::new(self.sock.fd())).await?;
         Ok((TcpStream::from_fd(fd), addr.as_inet()?))
@@ -85,7 +91,9 @@ impl TcpListener {
     /// The connections, as a stream. On io_uring with multishot accept
     /// (5.19+) one SQE serves every connection; elsewhere it accepts in a
     /// loop. Dropping the stream cancels the accept; connections the kernel
-    /// accepted meanwhile are closed.
+    /// accepted meanwhile are closed. Errors are yielded and the stream goes
+    /// on; see [`accept`](Self::accept) for the ones that repeat until
+    /// descriptors are freed.
     pub fn incoming(&self) -> Incoming<'_> {
         Incoming {
             listener: self,
