@@ -68,8 +68,9 @@ pub(crate) trait OpCode: 'static {
     /// (iovecs, socket addresses, statx) keep the default.
     const MOVABLE: bool = false;
 
-    /// The SQE. Called once, with `self` at its final heap address, which
-    /// stays put until the CQE arrives; pointers into `self` may go in it.
+    /// The SQE. Called once, with `self` at its final address, which stays
+    /// put until the CQE arrives (on the heap), so pointers into `self` may
+    /// go in it — except for [`OpCode::MOVABLE`] ops, whose data may move.
     fn sqe(&mut self) -> squeue::Entry;
 
     /// How epoll runs it.

@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, squeue, types};
 
 use super::{FixedFd, Mode, OpCode};
+use crate::buf::{self, IoBuf, IoBufMut};
 use crate::driver::Driver;
 
 /// Builds an SQE naming the fd, or its registered-file slot when there is
@@ -30,7 +31,6 @@ macro_rules! on_target {
         }
     };
 }
-use crate::buf::{self, IoBuf, IoBufMut};
 
 /// The most one read or write moves (Linux's `MAX_RW_COUNT`); larger
 /// buffers are done in several ops (`write_all`) or partially.
