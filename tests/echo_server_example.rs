@@ -125,7 +125,7 @@ fn stop(mut g: Guard, backend: &str) -> String {
 }
 
 fn run(backend: &str) {
-    let (mut g, port) = start(backend, None);
+    let (g, port) = start(backend, None);
     let client = Command::new("python3")
         .args(["-c", CLIENT, &port.to_string()])
         .output()
@@ -136,21 +136,7 @@ fn run(backend: &str) {
         String::from_utf8_lossy(&client.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&client.stdout).trim(), "ok");
-
-    let pid = nix::unistd::Pid::from_raw(g.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = g.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{backend}: no exit 5 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    assert!(status.success(), "{backend}: exit status {status}");
+    stop(g, backend);
     // The port is free the moment the process is gone.
     std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("{backend}: port {port} still busy after exit: {e}"));
