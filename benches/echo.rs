@@ -220,6 +220,34 @@ fn start_server(kind: Server) -> RunningServer {
     }
 }
 
+/// The echo loop every owned-buffer server runs (uringio, monoio): read
+/// into the buffer's spare capacity, write it all back, until EOF or error.
+/// A macro because the two runtimes' read/write methods come from
+/// different traits with the same shape.
+macro_rules! echo_loop {
+    ($s:ident) => {
+        #[allow(unused_mut)]
+        async move {
+            let mut $s = $s;
+            let mut buf = Vec::with_capacity(SERVER_BUF);
+            loop {
+                buf.clear();
+                let (res, b) = $s.read(buf).await;
+                buf = b;
+                match res {
+                    Ok(n) if n > 0 => {}
+                    _ => return,
+                }
+                let (res, b) = $s.write_all(buf).await;
+                buf = b;
+                if res.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+}
+
 type Ready = mpsc::Sender<(SocketAddr, Box<dyn FnOnce() + Send>)>;
 
 fn uringio_server(backend: Backend, ready: Ready) {
@@ -237,24 +265,7 @@ fn uringio_server(backend: Backend, ready: Ready) {
             while let Some(conn) = incoming.next().await {
                 let Ok(s) = conn else { continue };
                 s.set_nodelay(true).expect("TCP_NODELAY");
-                uringio::spawn(async move {
-                    let mut buf = Vec::with_capacity(SERVER_BUF);
-                    loop {
-                        buf.clear();
-                        let (res, b) = s.read(buf).await;
-                        buf = b;
-                        match res {
-                            Ok(n) if n > 0 => {}
-                            _ => return,
-                        }
-                        let (res, b) = s.write_all(buf).await;
-                        buf = b;
-                        if res.is_err() {
-                            return;
-                        }
-                    }
-                })
-                .detach();
+                uringio::spawn(echo_loop!(s)).detach();
             }
         })
         .detach();
@@ -328,27 +339,11 @@ fn monoio_server(ready: Ready) {
             .expect("main thread gone");
         monoio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else {
+                let Ok((s, _)) = listener.accept().await else {
                     continue;
                 };
                 s.set_nodelay(true).expect("TCP_NODELAY");
-                monoio::spawn(async move {
-                    let mut buf = Vec::with_capacity(SERVER_BUF);
-                    loop {
-                        buf.clear();
-                        let (res, b) = s.read(buf).await;
-                        buf = b;
-                        match res {
-                            Ok(n) if n > 0 => {}
-                            _ => return,
-                        }
-                        let (res, b) = s.write_all(buf).await;
-                        buf = b;
-                        if res.is_err() {
-                            return;
-                        }
-                    }
-                });
+                monoio::spawn(echo_loop!(s));
             }
         });
         // No cross-thread stop in monoio's API: look at a flag now and then.
