@@ -44,6 +44,16 @@ fn cvt(r: isize) -> io::Result<usize> {
     }
 }
 
+/// How epoll runs a read or write: sockets, pipes and other pollable fds
+/// (no offset) wait for readiness; positioned file I/O goes to the pool.
+fn rw_mode(fd: RawFd, socket: bool, offset: Option<u64>, write: bool) -> Mode {
+    match (socket || offset.is_none(), write) {
+        (true, false) => Mode::Readable(fd),
+        (true, true) => Mode::Writable(fd),
+        (false, _) => Mode::Blocking,
+    }
+}
+
 /// `recv(fd, ptr, len, 0)` as a bare system call. glibc's `recv` and
 /// `send` are thread-cancellation points and, in a multi-threaded process,
 /// switch asynchronous cancellation on and off around every call (≈2% of
@@ -167,14 +177,7 @@ impl<B: IoBufMut> OpCode for Read<B> {
     }
 
     fn mode(&self) -> Mode {
-        if self.socket {
-            Mode::Readable(self.fd)
-        } else if self.offset.is_some() {
-            Mode::Blocking
-        } else {
-            // Pipes and other pollable fds.
-            Mode::Readable(self.fd)
-        }
+        rw_mode(self.fd, self.socket, self.offset, false)
     }
 
     fn perform(&mut self) -> io::Result<usize> {
@@ -266,13 +269,7 @@ impl<B: IoBuf> OpCode for Write<B> {
     }
 
     fn mode(&self) -> Mode {
-        if self.socket {
-            Mode::Writable(self.fd)
-        } else if self.offset.is_some() {
-            Mode::Blocking
-        } else {
-            Mode::Writable(self.fd)
-        }
+        rw_mode(self.fd, self.socket, self.offset, true)
     }
 
     fn perform(&mut self) -> io::Result<usize> {
@@ -343,11 +340,7 @@ impl<B: IoBufMut> OpCode for ReadV<B> {
     }
 
     fn mode(&self) -> Mode {
-        if self.socket || self.offset.is_none() {
-            Mode::Readable(self.fd)
-        } else {
-            Mode::Blocking
-        }
+        rw_mode(self.fd, self.socket, self.offset, false)
     }
 
     fn perform(&mut self) -> io::Result<usize> {
@@ -438,11 +431,7 @@ impl<B: IoBuf> OpCode for WriteV<B> {
     }
 
     fn mode(&self) -> Mode {
-        if self.socket || self.offset.is_none() {
-            Mode::Writable(self.fd)
-        } else {
-            Mode::Blocking
-        }
+        rw_mode(self.fd, self.socket, self.offset, true)
     }
 
     fn perform(&mut self) -> io::Result<usize> {
