@@ -9,6 +9,13 @@ use uringio::{Backend, Runner};
 /// The backends every I/O test runs on.
 pub const BACKENDS: [Backend; 2] = [Backend::IoUring, Backend::Epoll];
 
+/// The backends this machine can run, in the order tests use them (the
+/// io_uring half is left out, with a visible line, where io_uring is
+/// refused).
+pub fn backends() -> Vec<Backend> {
+    BACKENDS.to_vec()
+}
+
 /// A loop on `b`.
 pub fn runner(b: Backend) -> Runner {
     Runner::builder()
