@@ -25,20 +25,25 @@
 //! to return. After `abandon_blocking` no pool thread touches the op.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use slab::Slab;
 
-use super::Stats;
+use super::blocking::BlockingPool;
 use super::op::OpCode;
-use crate::runtime::blocking::BlockingPool;
-use crate::runtime::scheduler::Shared;
+use super::{Stats, Unpark};
 
 const WAKE_TOKEN: u64 = u64::MAX;
+
+/// One op waiting for readiness: its token (to update or remove it) and
+/// its waker.
+type Waiter = (u64, Waker);
 
 #[derive(Default)]
 struct FdState {
@@ -50,75 +55,168 @@ struct FdState {
     /// then says nothing about more reads, which return 0 or the error at
     /// once, with no edge to come. Never cleared (as tokio's READ_CLOSED).
     read_closed: bool,
-    readers: Vec<Waker>,
-    writers: Vec<Waker>,
+    readers: Vec<Waiter>,
+    writers: Vec<Waiter>,
 }
 
-enum PoolSlot {
-    Running(Option<Waker>, Arc<JobState>),
-    Done(io::Result<usize>),
-    /// Dropped; the hook is given a successful result (an fd to close).
-    Abandoned(Box<dyn Any>, fn(i32)),
+/// The fds one epoll instance watches. Shared (weakly) with the thread's
+/// list of registries, so that a descriptor being closed is forgotten by
+/// every epoll loop on the thread that registered it, whichever loop the
+/// socket was created in ([`fd_closing`]).
+struct Registry {
+    epfd: OwnedFd,
+    fds: RefCell<Vec<FdState>>,
 }
 
-const QUEUED: u8 = 0;
-const PERFORMING: u8 = 1;
-const FINISHED: u8 = 2;
-const SKIPPED: u8 = 3;
+thread_local! {
+    /// The epoll registries of the loops on this thread.
+    static REGISTRIES: RefCell<Vec<Weak<Registry>>> = const { RefCell::new(Vec::new()) };
+}
 
-/// Where a pool job is, agreed between the loop and the pool thread.
+/// `fd` is about to be closed: every epoll loop on this thread that
+/// registered it drops the registration and wakes its waiters (their retry
+/// sees the closed fd), so a later descriptor with the same number starts
+/// clean. Sockets cannot leave their thread, so these are all the loops
+/// that can know the fd.
+pub(crate) fn fd_closing(fd: RawFd) {
+    let regs: Vec<Rc<Registry>> = REGISTRIES.with(|r| {
+        let mut r = r.borrow_mut();
+        r.retain(|w| w.strong_count() > 0);
+        r.iter().filter_map(Weak::upgrade).collect()
+    });
+    for reg in regs {
+        reg.forget(fd);
+    }
+}
+
+impl Registry {
+    fn forget(&self, fd: RawFd) {
+        let st = {
+            let mut fds = self.fds.borrow_mut();
+            let Some(st) = fds.get_mut(fd as usize) else {
+                return;
+            };
+            if st.registered {
+                // SAFETY: valid epoll fd; fd still open (closed after this).
+                unsafe {
+                    libc::epoll_ctl(
+                        self.epfd.as_raw_fd(),
+                        libc::EPOLL_CTL_DEL,
+                        fd,
+                        std::ptr::null_mut(),
+                    )
+                };
+            }
+            std::mem::take(st)
+        };
+        for (_, w) in st.readers.into_iter().chain(st.writers) {
+            w.wake();
+        }
+    }
+}
+
+/// A pool job's outcome, agreed between the loop and the pool thread.
+#[derive(Debug)]
+enum JobPhase {
+    Queued,
+    Performing,
+    Finished(Option<io::Result<usize>>),
+    Skipped,
+}
+
+/// Where a pool job is, and its result once it has one.
 struct JobState {
-    state: Mutex<u8>,
+    phase: Mutex<JobPhase>,
     finished: Condvar,
 }
 
 impl JobState {
     fn new() -> Arc<JobState> {
         Arc::new(JobState {
-            state: Mutex::new(QUEUED),
+            phase: Mutex::new(JobPhase::Queued),
             finished: Condvar::new(),
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobPhase> {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Pool side: may the op be performed (not dropped meanwhile)?
     fn claim(&self) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if *st == QUEUED {
-            *st = PERFORMING;
+        let mut st = self.lock();
+        if matches!(*st, JobPhase::Queued) {
+            *st = JobPhase::Performing;
             true
         } else {
             false
         }
     }
 
-    /// Pool side: the op's system call returned.
-    fn finish(&self) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = FINISHED;
+    /// Pool side: the op's system call returned `res`.
+    fn finish(&self, res: io::Result<usize>) {
+        *self.lock() = JobPhase::Finished(Some(res));
         self.finished.notify_all();
     }
 
-    /// Loop side, the op is being dropped: skip it if it has not started,
-    /// else wait until its system call returned.
-    fn skip_or_wait(&self) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if *st == QUEUED {
-            *st = SKIPPED;
-            return;
+    /// Loop side, the op is going away (dropped, or moving to another
+    /// loop): skip it if it has not started, else wait until its system
+    /// call returned. Returns the result if it ran and nobody took it.
+    fn skip_or_wait(&self) -> Option<io::Result<usize>> {
+        let mut st = self.lock();
+        if matches!(*st, JobPhase::Queued) {
+            *st = JobPhase::Skipped;
+            return None;
         }
-        while *st == PERFORMING {
+        while matches!(*st, JobPhase::Performing) {
             st = self.finished.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        match &mut *st {
+            JobPhase::Finished(r) => r.take(),
+            _ => None,
+        }
+    }
+
+    /// Loop side, after the pool reported: the result.
+    fn take(&self) -> io::Result<usize> {
+        match &mut *self.lock() {
+            JobPhase::Finished(r) => r
+                .take()
+                .unwrap_or_else(|| Err(io::Error::other("blocking op result taken twice"))),
+            _ => Err(io::Error::from_raw_os_error(libc::ECANCELED)),
         }
     }
 }
 
+/// A blocking op's slot: its job, the waker of the op, and (once the op
+/// was dropped) its data, kept until the pool reports.
+struct PoolSlot {
+    job: Arc<JobState>,
+    waker: Option<Waker>,
+    /// The pool reported (its key came through the inbox).
+    reported: bool,
+    /// Dropped (or moved to another loop); the hook is given a successful
+    /// result nobody took (an fd, to close).
+    abandoned: Option<Abandoned>,
+}
+
+/// A dropped op's data and the hook for a result nobody took.
+type Abandoned = (Box<dyn Any>, fn(i32));
+
+/// Keys of pool jobs that finished, handed from pool threads to the loop.
+struct Inbox {
+    done: Mutex<Vec<usize>>,
+    unpark: Arc<dyn Unpark>,
+}
+
 pub(crate) struct Epoll {
-    epfd: OwnedFd,
-    fds: Vec<FdState>,
+    reg: Rc<Registry>,
     events: Vec<libc::epoll_event>,
     wake_fd: RawFd,
-    shared: Arc<Shared>,
     pool: Arc<BlockingPool>,
+    inbox: Arc<Inbox>,
     blocking: Slab<PoolSlot>,
+    next_token: u64,
 }
 
 /// A pointer to an op's boxed data, sent to a pool thread.
@@ -128,9 +226,10 @@ struct Job {
 }
 
 // SAFETY: the pointee is an op's boxed data, which stays allocated and is not
-// touched by the loop thread until the pool reports completion (the slot is
-// Running or Abandoned meanwhile); `OpCode::perform` for blocking ops only
-// touches plain data (fds, raw pointers, integers, C strings).
+// touched by the loop thread while the job is claimed (Performing); the loop
+// waits for `finish` before dropping or moving it (`skip_or_wait`);
+// `OpCode::perform` for blocking ops only touches plain data (fds, raw
+// pointers, integers, C strings).
 unsafe impl Send for Job {}
 
 /// # Safety
@@ -148,10 +247,12 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+fn discard_nothing(_: i32) {}
+
 impl Epoll {
     pub(crate) fn new(
         wake_fd: RawFd,
-        shared: Arc<Shared>,
+        unpark: Arc<dyn Unpark>,
         pool: Arc<BlockingPool>,
     ) -> io::Result<Epoll> {
         // SAFETY: plain syscall; the result is checked.
@@ -164,95 +265,142 @@ impl Epoll {
         };
         // SAFETY: valid epoll fd, valid eventfd, valid event pointer.
         cvt(unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, wake_fd, &mut ev) })?;
-        Ok(Epoll {
+        let reg = Rc::new(Registry {
             epfd,
-            fds: Vec::new(),
+            fds: RefCell::new(Vec::new()),
+        });
+        REGISTRIES.with(|r| r.borrow_mut().push(Rc::downgrade(&reg)));
+        Ok(Epoll {
+            reg,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
             wake_fd,
-            shared,
             pool,
+            inbox: Arc::new(Inbox {
+                done: Mutex::new(Vec::new()),
+                unpark,
+            }),
             blocking: Slab::new(),
+            next_token: 0,
         })
     }
 
     /// Registers `waker` to run when `fd` becomes readable (or writable).
-    pub(crate) fn wait_ready(&mut self, fd: RawFd, write: bool, waker: &Waker) -> io::Result<()> {
+    /// `token` names this waiter: `None` the first time (a new one is
+    /// stored), then the same token, so a re-poll replaces its waker
+    /// rather than adding one, and [`Epoll::unwait`] can remove it.
+    pub(crate) fn wait_ready(
+        &mut self,
+        fd: RawFd,
+        write: bool,
+        waker: &Waker,
+        token: &mut Option<u64>,
+    ) -> io::Result<()> {
         let idx = fd as usize;
-        if self.fds.len() <= idx {
-            self.fds.resize_with(idx + 1, FdState::default);
+        let mut fds = self.reg.fds.borrow_mut();
+        if fds.len() <= idx {
+            fds.resize_with(idx + 1, FdState::default);
         }
-        if !self.fds[idx].registered {
+        if !fds[idx].registered {
             let mut ev = libc::epoll_event {
                 events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
                 u64: fd as u64,
             };
+            let epfd = self.reg.epfd.as_raw_fd();
             // SAFETY: valid epoll fd and event pointer; fd is owned by the op's
             // socket, which outlives the op.
-            let r =
-                unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+            let r = unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) };
             if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EEXIST) {
                     return Err(e);
                 }
                 // SAFETY: as above.
-                cvt(unsafe {
-                    libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_MOD, fd, &mut ev)
-                })?;
+                cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) })?;
             }
-            self.fds[idx].registered = true;
+            fds[idx].registered = true;
         }
         let list = if write {
-            &mut self.fds[idx].writers
+            &mut fds[idx].writers
         } else {
-            &mut self.fds[idx].readers
+            &mut fds[idx].readers
         };
-        if !list.iter().any(|w| w.will_wake(waker)) {
-            list.push(waker.clone());
+        if let Some(t) = *token {
+            if let Some((_, w)) = list.iter_mut().find(|(k, _)| *k == t) {
+                if !w.will_wake(waker) {
+                    *w = waker.clone();
+                }
+                return Ok(());
+            }
         }
+        let t = self.next_token;
+        self.next_token += 1;
+        *token = Some(t);
+        list.push((t, waker.clone()));
         Ok(())
+    }
+
+    /// Removes the waiter `token` (an op that stopped waiting: done,
+    /// dropped, or moved to another loop) from `fd`'s list.
+    pub(crate) fn unwait(&mut self, fd: RawFd, write: bool, token: u64) {
+        let removed = {
+            let mut fds = self.reg.fds.borrow_mut();
+            let Some(st) = fds.get_mut(fd as usize) else {
+                return;
+            };
+            let list = if write {
+                &mut st.writers
+            } else {
+                &mut st.readers
+            };
+            list.iter()
+                .position(|(k, _)| *k == token)
+                .map(|i| list.swap_remove(i))
+        };
+        // The waker is dropped with the registry released.
+        drop(removed);
     }
 
     /// See [`FdState::read_drained`].
     pub(crate) fn read_drained(&self, fd: RawFd) -> bool {
-        self.fds.get(fd as usize).is_some_and(|s| s.read_drained)
+        self.reg
+            .fds
+            .borrow()
+            .get(fd as usize)
+            .is_some_and(|s| s.read_drained)
     }
 
     /// A stream read on `fd` came back short. Only trusted once `fd` is
     /// registered: the edge that ends the wait must be able to arrive.
     pub(crate) fn mark_read_drained(&mut self, fd: RawFd) {
-        if let Some(st) = self.fds.get_mut(fd as usize) {
+        if let Some(st) = self.reg.fds.borrow_mut().get_mut(fd as usize) {
             if st.registered && !st.read_closed {
                 st.read_drained = true;
             }
         }
     }
 
-    /// The fd is being closed: drop its registration and wake its waiters
-    /// (their retry sees the closed fd).
-    pub(crate) fn forget_fd(&mut self, fd: RawFd) {
-        let idx = fd as usize;
-        if let Some(st) = self.fds.get_mut(idx) {
-            if st.registered {
-                // SAFETY: valid epoll fd; fd still open (closed after this).
-                unsafe {
-                    libc::epoll_ctl(
-                        self.epfd.as_raw_fd(),
-                        libc::EPOLL_CTL_DEL,
-                        fd,
-                        std::ptr::null_mut(),
-                    )
-                };
-            }
-            let st = std::mem::take(st);
-            for w in st.readers.into_iter().chain(st.writers) {
-                w.wake();
-            }
-        }
+    /// Pool jobs reported but not yet taken in.
+    pub(crate) fn has_reports(&self) -> bool {
+        !self
+            .inbox
+            .done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
-    pub(crate) fn park(&mut self, timeout: Option<Duration>, stats: &mut Stats) -> io::Result<()> {
+    /// Waits up to `timeout` for readiness; the wakers to run go to
+    /// `wake` (run by the caller with the driver released), the data of
+    /// abandoned pool ops whose jobs ended to `garbage`.
+    pub(crate) fn park(
+        &mut self,
+        timeout: Option<Duration>,
+        stats: &mut Stats,
+        wake: &mut Vec<Waker>,
+        garbage: &mut Vec<Box<dyn Any>>,
+    ) -> io::Result<()> {
         let ms: libc::c_int = match timeout {
+            _ if self.has_reports() => 0,
             None => -1,
             Some(d) if d.is_zero() => 0,
             // Round up so a timer is never woken for early.
@@ -261,7 +409,7 @@ impl Epoll {
         // SAFETY: the events buffer is valid for its length.
         let n = unsafe {
             libc::epoll_wait(
-                self.epfd.as_raw_fd(),
+                self.reg.epfd.as_raw_fd(),
                 self.events.as_mut_ptr(),
                 self.events.len() as libc::c_int,
                 ms,
@@ -270,12 +418,12 @@ impl Epoll {
         stats.enter_calls += 1;
         if n < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                return Ok(());
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
             }
-            return Err(e);
         }
-        for i in 0..n as usize {
+        let mut fds = self.reg.fds.borrow_mut();
+        for i in 0..n.max(0) as usize {
             let ev = self.events[i];
             let token = ev.u64;
             if token == WAKE_TOKEN {
@@ -285,7 +433,7 @@ impl Epoll {
                 continue;
             }
             let bits = ev.events as i32;
-            let Some(st) = self.fds.get_mut(token as usize) else {
+            let Some(st) = fds.get_mut(token as usize) else {
                 continue;
             };
             let err = bits & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
@@ -294,90 +442,87 @@ impl Epoll {
             }
             if err || bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLPRI) != 0 {
                 st.read_drained = false;
-                for w in st.readers.drain(..) {
-                    w.wake();
-                }
+                wake.extend(st.readers.drain(..).map(|(_, w)| w));
             }
             if err || bits & libc::EPOLLOUT != 0 {
-                for w in st.writers.drain(..) {
-                    w.wake();
-                }
+                wake.extend(st.writers.drain(..).map(|(_, w)| w));
             }
+        }
+        drop(fds);
+        let done = std::mem::take(&mut *self.inbox.done.lock().unwrap_or_else(|e| e.into_inner()));
+        for key in done {
+            self.complete_blocking(key, wake, garbage);
         }
         Ok(())
     }
 
     /// Sends a blocking op to the pool; returns its slot key.
     pub(crate) fn submit_blocking<T: OpCode>(&mut self, ptr: *mut T, waker: &Waker) -> usize {
-        let st = JobState::new();
-        let key = self
-            .blocking
-            .insert(PoolSlot::Running(Some(waker.clone()), st.clone()));
+        let job_state = JobState::new();
+        let key = self.blocking.insert(PoolSlot {
+            job: job_state.clone(),
+            waker: Some(waker.clone()),
+            reported: false,
+            abandoned: None,
+        });
         let job = Job {
             ptr: ptr.cast(),
             run: run_op::<T>,
         };
-        let shared = self.shared.clone();
+        let inbox = self.inbox.clone();
         self.pool.spawn(Box::new(move || {
             let job = job;
-            let res = if st.claim() {
+            if job_state.claim() {
                 // SAFETY: see `Job`; claimed, so the op was not dropped and
                 // will not be until `finish`.
                 let r = unsafe { (job.run)(job.ptr) };
-                st.finish();
-                r
-            } else {
-                Err(io::Error::from_raw_os_error(libc::ECANCELED))
-            };
-            shared.push_call(Box::new(move || {
-                crate::runtime::context::try_with_driver(|d| d.complete_blocking(key, res));
-            }));
+                job_state.finish(r);
+            }
+            inbox
+                .done
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(key);
+            inbox.unpark.unpark();
         }));
         key
     }
 
-    /// A pool op finished. Returns the data of an abandoned op, to drop.
-    pub(crate) fn complete_blocking(
+    /// The pool reported job `key`.
+    fn complete_blocking(
         &mut self,
         key: usize,
-        res: io::Result<usize>,
-    ) -> Option<Box<dyn Any>> {
-        match self.blocking.get_mut(key) {
-            Some(PoolSlot::Running(w, _)) => {
-                let w = w.take();
-                self.blocking[key] = PoolSlot::Done(res);
-                if let Some(w) = w {
-                    w.wake();
-                }
-                None
+        wake: &mut Vec<Waker>,
+        garbage: &mut Vec<Box<dyn Any>>,
+    ) {
+        let Some(slot) = self.blocking.get_mut(key) else {
+            return;
+        };
+        if slot.abandoned.is_some() {
+            let slot = self.blocking.remove(key);
+            if let (Some((data, discard)), Ok(n)) = (slot.abandoned, slot.job.take()) {
+                discard(n as i32);
+                garbage.push(data);
             }
-            Some(PoolSlot::Abandoned(..)) => match self.blocking.remove(key) {
-                PoolSlot::Abandoned(d, discard) => {
-                    if let Ok(n) = res {
-                        discard(n as i32);
-                    }
-                    Some(d)
-                }
-                _ => None,
-            },
-            _ => None,
+            return;
+        }
+        slot.reported = true;
+        if let Some(w) = slot.waker.take() {
+            wake.push(w);
         }
     }
 
     pub(crate) fn poll_blocking(&mut self, key: usize, waker: &Waker) -> Poll<io::Result<usize>> {
         match self.blocking.get_mut(key) {
-            Some(PoolSlot::Done(_)) => match self.blocking.remove(key) {
-                PoolSlot::Done(r) => Poll::Ready(r),
-                _ => unreachable!(),
-            },
-            Some(PoolSlot::Running(w, _)) => {
-                match w {
+            Some(s) if s.reported => Poll::Ready(self.blocking.remove(key).job.take()),
+            Some(s) => {
+                match &s.waker {
                     Some(old) if old.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
+                    _ => s.waker = Some(waker.clone()),
                 }
                 Poll::Pending
             }
-            _ => Poll::Ready(Err(io::Error::other("blocking op slot lost"))),
+            None => Poll::Ready(Err(io::Error::other("blocking op slot lost"))),
         }
     }
 
@@ -385,18 +530,50 @@ impl Epoll {
     /// (see the module docs); its slot stays until the pool reports back,
     /// so the key is not reused early. `discard` gets a successful result
     /// nobody will take (an opened fd, to close).
-    pub(crate) fn abandon_blocking(&mut self, key: usize, data: Box<dyn Any>, discard: fn(i32)) {
-        match self.blocking.get(key) {
-            Some(PoolSlot::Running(_, st)) => {
-                st.skip_or_wait();
-                self.blocking[key] = PoolSlot::Abandoned(data, discard);
+    pub(crate) fn abandon_blocking(
+        &mut self,
+        key: usize,
+        data: Box<dyn Any>,
+        discard: fn(i32),
+    ) -> Option<Box<dyn Any>> {
+        let slot = self.blocking.get_mut(key)?;
+        if slot.reported {
+            let slot = self.blocking.remove(key);
+            if let Ok(n) = slot.job.take() {
+                discard(n as i32);
             }
-            Some(PoolSlot::Done(_)) => {
-                if let PoolSlot::Done(Ok(n)) = self.blocking.remove(key) {
-                    discard(n as i32);
-                }
-            }
-            _ => {}
+            return Some(data);
+        }
+        if let Some(Ok(n)) = slot.job.skip_or_wait() {
+            discard(n as i32);
+        }
+        slot.abandoned = Some((data, discard_nothing));
+        None
+    }
+
+    /// The op is moving to another loop: `Some(result)` if its job ran
+    /// (the op completes with it), `None` if it never started (the op can
+    /// start afresh elsewhere). Either way no pool thread touches the op
+    /// after this returns.
+    pub(crate) fn detach_blocking(&mut self, key: usize) -> Option<io::Result<usize>> {
+        let slot = self.blocking.get_mut(key)?;
+        if slot.reported {
+            return Some(self.blocking.remove(key).job.take());
+        }
+        let res = slot.job.skip_or_wait();
+        // The slot waits for the pool's report, so the key is not reused
+        // before it comes.
+        slot.abandoned = Some((Box::new(()), discard_nothing));
+        res
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // Pool jobs of abandoned ops must not outlive their data: wait for
+        // those already running (bounded file syscalls); skip the rest.
+        for (_, slot) in self.blocking.iter() {
+            let _ = slot.job.skip_or_wait();
         }
     }
 }

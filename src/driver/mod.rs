@@ -6,32 +6,90 @@
 //!                                  readiness and retry; file ops on the blocking pool
 //! ```
 //! The loop sees only `Driver`: `park(timeout)` submits everything queued and
-//! waits for completions in one system call. Ops find the driver of the loop
-//! they run on through the thread's loop context.
+//! waits for completions in one system call. The driver is a leaf: it knows
+//! ops, rings, epoll and the blocking pool, and nothing of the scheduler,
+//! tasks or the loop. Whoever runs a loop makes its driver the thread's
+//! [`current`] one while it runs (ops go to it), and gives the driver an
+//! [`Unpark`] to wake the loop when a blocking-pool job finishes.
 //!
 //! Public items here: [`Features`] (what the kernel supports, probed once per
 //! loop), [`stats`] (counters), [`Canceller`] (ends an op early but still
 //! hands back its result and buffer) and [`submit_raw`] (the escape hatch for
 //! raw SQEs on io_uring).
 
+pub(crate) mod blocking;
 pub(crate) mod epoll;
 pub(crate) mod op;
 #[cfg(test)]
 mod tests;
 pub(crate) mod uring;
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
+pub(crate) use epoll::fd_closing;
 pub use op::{Cancellable, Canceller, submit_raw};
 
-use crate::runtime::Backend;
-use crate::runtime::blocking::BlockingPool;
-use crate::runtime::scheduler::Shared;
+thread_local! {
+    /// The driver of the loop running on this thread.
+    static CURRENT: RefCell<Option<Rc<Driver>>> = const { RefCell::new(None) };
+}
+
+/// The driver ops on this thread go to: the running loop's.
+pub(crate) fn current() -> Option<Rc<Driver>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Runs `f` with the current driver, if there is one, without cloning it.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Rc<Driver>) -> R) -> Option<R> {
+    CURRENT.with(|c| c.borrow().as_ref().map(f))
+}
+
+/// Makes `d` the thread's current driver; returns the previous one. Called
+/// by whoever runs a loop, when it starts and when it stops.
+pub(crate) fn set_current(d: Option<Rc<Driver>>) -> Option<Rc<Driver>> {
+    CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), d))
+}
+
+/// How the driver wakes its loop from another thread (a blocking-pool
+/// job finished). The loop's owner implements it; it must make the loop's
+/// next park return promptly (e.g. write the wake eventfd if it sleeps).
+pub(crate) trait Unpark: Send + Sync + 'static {
+    /// Wakes the loop.
+    fn unpark(&self);
+}
+
+use blocking::BlockingPool;
+
+/// Which driver a loop runs on.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// io_uring if the kernel and sandbox allow it, else epoll. The
+    /// environment variable `URINGIO_BACKEND=io_uring|epoll|auto` overrides.
+    #[default]
+    Auto,
+    /// io_uring, or an error if it is unavailable.
+    IoUring,
+    /// epoll (readiness), with file ops on the blocking pool.
+    Epoll,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        })
+    }
+}
 
 /// What the kernel and the chosen backend support, probed once when a loop
 /// starts. On epoll every io_uring feature reads `false`.
@@ -99,7 +157,7 @@ pub struct Stats {
 /// # Panics
 /// Outside a running loop.
 pub fn stats() -> Stats {
-    crate::runtime::context::with_driver(|d| d.stats.get())
+    with_current(|d| d.stats.get()).expect("driver::stats() called outside a running uringio loop")
 }
 
 /// The features of the loop running on this thread.
@@ -107,7 +165,8 @@ pub fn stats() -> Stats {
 /// # Panics
 /// Outside a running loop.
 pub fn features() -> Features {
-    crate::runtime::context::with_driver(|d| d.features.clone())
+    with_current(|d| d.features.clone())
+        .expect("driver::features() called outside a running uringio loop")
 }
 
 /// Settings the runtime builder passes down.
@@ -132,6 +191,9 @@ pub(crate) enum Backends {
 /// The loop's driver: the facade over both backends.
 pub(crate) struct Driver {
     pub(crate) inner: RefCell<Backends>,
+    /// Wakers collected while `inner` was borrowed, run once it is not
+    /// (a waker may run arbitrary code, e.g. drop a socket).
+    wake: RefCell<Vec<Waker>>,
     pub(crate) features: Features,
     pub(crate) stats: Cell<Stats>,
     pub(crate) kind: Backend,
@@ -143,10 +205,10 @@ impl Driver {
     /// set-up refusals, recording why.
     pub(crate) fn new(
         cfg: &DriverConfig,
-        shared: &Arc<Shared>,
+        wake_fd: RawFd,
+        unpark: Arc<dyn Unpark>,
         pool: &Arc<BlockingPool>,
     ) -> io::Result<Driver> {
-        let wake_fd = shared.wake_fd();
         let kernel = kernel_release();
         let want = match cfg.backend {
             Backend::Auto => match std::env::var("URINGIO_BACKEND").ok().as_deref() {
@@ -174,6 +236,7 @@ impl Driver {
                     features.kernel = kernel;
                     return Ok(Driver {
                         inner: RefCell::new(Backends::Uring(u)),
+                        wake: RefCell::new(Vec::new()),
                         features,
                         stats: Cell::new(Stats::default()),
                         kind: Backend::IoUring,
@@ -193,9 +256,10 @@ impl Driver {
                 Err(uring::SetupError::Io(e)) => return Err(e),
             }
         }
-        let e = epoll::Epoll::new(wake_fd, shared.clone(), pool.clone())?;
+        let e = epoll::Epoll::new(wake_fd, unpark, pool.clone())?;
         Ok(Driver {
             inner: RefCell::new(Backends::Epoll(e)),
+            wake: RefCell::new(Vec::new()),
             features: Features {
                 kernel,
                 ..Features::default()
@@ -214,43 +278,74 @@ impl Driver {
     /// something happens) for completions, waking their ops.
     pub(crate) fn park(&self, timeout: Option<Duration>) -> io::Result<()> {
         let mut stats = self.stats.get();
-        let garbage = match &mut *self.inner.borrow_mut() {
-            Backends::Uring(u) => u.park(timeout, &mut stats)?,
-            Backends::Epoll(e) => {
-                e.park(timeout, &mut stats)?;
-                Vec::new()
-            }
+        let mut wake = std::mem::take(&mut *self.wake.borrow_mut());
+        let mut garbage: Vec<Box<dyn Any>> = Vec::new();
+        let r = match &mut *self.inner.borrow_mut() {
+            Backends::Uring(u) => u.park(timeout, &mut stats, &mut wake, &mut garbage),
+            Backends::Epoll(e) => e.park(timeout, &mut stats, &mut wake, &mut garbage),
         };
         self.stats.set(stats);
-        // Abandoned ops' buffers are dropped with the driver released, in
-        // case a buffer's destructor reaches back into the loop.
+        // Abandoned ops' buffers are dropped, and wakers run, with the
+        // driver released, in case they reach back into the loop.
         drop(garbage);
-        Ok(())
+        for w in wake.drain(..) {
+            w.wake();
+        }
+        *self.wake.borrow_mut() = wake;
+        r
     }
 
     /// Whether the kernel has something for us or we for it (io_uring:
-    /// unsubmitted SQEs or unreaped CQEs), so a busy loop must still park.
+    /// unsubmitted SQEs or unreaped CQEs; epoll: finished pool jobs), so a
+    /// busy loop must still park.
     pub(crate) fn has_queued_work(&self) -> bool {
         match &mut *self.inner.borrow_mut() {
             Backends::Uring(u) => u.has_queued_work(),
-            Backends::Epoll(_) => false,
+            Backends::Epoll(e) => e.has_reports(),
         }
     }
 
-    /// Called on the loop thread when the blocking pool finished op `key`.
-    pub(crate) fn complete_blocking(&self, key: usize, res: io::Result<usize>) {
-        let garbage = match &mut *self.inner.borrow_mut() {
-            Backends::Epoll(e) => e.complete_blocking(key, res),
-            Backends::Uring(_) => None,
-        };
-        drop(garbage);
+    /// Cancels io_uring op `key` (a [`Canceller`] fired).
+    pub(crate) fn cancel_uring(&self, key: usize) {
+        let mut wake = Vec::new();
+        if let Backends::Uring(u) = &mut *self.inner.borrow_mut() {
+            u.cancel(key);
+            u.take_woken(&mut wake);
+        }
+        for w in wake {
+            w.wake();
+        }
     }
 
-    /// The caller is about to close `fd`: forget any readiness registered
-    /// for it (epoll), so a later fd with the same number starts clean.
-    pub(crate) fn forget_fd(&self, fd: i32) {
-        if let Backends::Epoll(e) = &mut *self.inner.borrow_mut() {
-            e.forget_fd(fd);
+    /// Takes io_uring op `key` back for another driver: `None` if it did
+    /// nothing here (never submitted, or cancelled before it did
+    /// anything: `ECANCELED`), else its completion. An op in flight is
+    /// cancelled and this loop's ring is driven until its CQE comes (the
+    /// loop is not running: loops on one thread run one at a time).
+    pub(crate) fn detach_uring(&self, key: usize) -> Option<(i32, u32)> {
+        let started = std::time::Instant::now();
+        let mut warned = false;
+        loop {
+            let r = match &mut *self.inner.borrow_mut() {
+                Backends::Uring(u) => u.detach(key),
+                Backends::Epoll(_) => Ok(Some((-libc::EIO, 0))),
+            };
+            match r {
+                Ok(None) => return None,
+                Ok(Some((res, _))) if res == -libc::ECANCELED => return None,
+                Ok(Some(c)) => return Some(c),
+                Err(()) => {
+                    if !warned && started.elapsed() > Duration::from_secs(1) {
+                        warned = true;
+                        log::warn!(
+                            "uringio: an op moving between loops waits for its cancellation"
+                        );
+                    }
+                    if let Err(e) = self.park(Some(Duration::from_millis(10))) {
+                        log::warn!("uringio: driving a ring to take an op back: {e}");
+                    }
+                }
+            }
         }
     }
 
@@ -282,14 +377,16 @@ impl Driver {
 }
 
 /// Registers interest in `fd` becoming ready (epoll only): used by ops.
+/// `token` names the waiter (see [`epoll::Epoll::wait_ready`]).
 pub(crate) fn epoll_wait_ready(
     driver: &Driver,
     fd: i32,
     write: bool,
     waker: &Waker,
+    token: &mut Option<u64>,
 ) -> io::Result<()> {
     match &mut *driver.inner.borrow_mut() {
-        Backends::Epoll(e) => e.wait_ready(fd, write, waker),
+        Backends::Epoll(e) => e.wait_ready(fd, write, waker, token),
         Backends::Uring(_) => Ok(()),
     }
 }

@@ -104,7 +104,7 @@ fn full_read_then_rest() {
 }
 
 fn drained(fd: i32) -> bool {
-    crate::runtime::context::with_driver(|d| super::epoll_read_drained(d, fd))
+    super::with_current(|d| super::epoll_read_drained(d, fd)).expect("a loop")
 }
 
 /// On epoll a short stream read records that the socket is drained (so the

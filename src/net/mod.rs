@@ -43,10 +43,3 @@ pub(crate) fn each_addr<T>(
     }
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
 }
-
-pub(crate) fn no_spare_capacity() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "read buffer has no spare capacity (len == capacity): pass Vec::with_capacity(n) or clear() it",
-    )
-}

@@ -1,29 +1,36 @@
 //! The descriptor every socket type wraps.
 
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
-use crate::driver::Driver;
 use crate::driver::op::FixedFd;
-use crate::runtime::context;
+use crate::driver::{self, Driver};
 
-/// An owned, non-blocking socket that tells the loop it was created on
-/// when it closes (so epoll forgets its readiness state before the fd
-/// number is reused).
+/// An owned, non-blocking socket.
 ///
-/// On io_uring a socket that keeps being used gets a slot in the ring's
-/// registered-file table after [`REGISTER_AFTER`] reads and writes; from
-/// then on its SQEs name the slot and the kernel skips the per-op fd
-/// lookup. Short-lived connections never pay for the registration.
+/// A socket is not tied to the loop it was created in: each op goes to
+/// the driver of the loop that polls it. When it closes, every epoll loop
+/// on this thread forgets the fd ([`driver::fd_closing`]), so a later
+/// descriptor with the same number starts clean. A socket never leaves its
+/// thread (it is not `Send`), so those are all the loops that can know it.
+///
+/// On io_uring a socket that keeps being used gets a slot in the current
+/// ring's registered-file table after [`REGISTER_AFTER`] reads and writes;
+/// from then on its SQEs on that ring name the slot and the kernel skips
+/// the per-op fd lookup. Short-lived connections never pay for the
+/// registration.
 pub(crate) struct Socket {
     fd: OwnedFd,
-    driver: Option<Rc<Driver>>,
-    /// The registered-file slot, once the socket has one.
-    slot: Cell<Option<u32>>,
+    /// The registered-file slot and the driver whose ring holds it.
+    slot: Cell<Option<(u32, *const Driver)>>,
+    /// That driver, to give the slot back on close.
+    slot_driver: Cell<Option<Weak<Driver>>>,
     /// Reads and writes so far (counting up to `REGISTER_AFTER`, then
     /// parked at `u32::MAX` once registration was tried).
     ops: Cell<u32>,
+    _thread: PhantomData<Rc<()>>,
 }
 
 /// Reads and writes on a socket before it is registered: registering and
@@ -35,38 +42,43 @@ impl Socket {
     pub(crate) fn new(fd: OwnedFd) -> Socket {
         Socket {
             fd,
-            driver: context::current_driver(),
             slot: Cell::new(None),
+            slot_driver: Cell::new(None),
             ops: Cell::new(0),
+            _thread: PhantomData,
         }
     }
 
     /// The registered-file slot to name in the next read or write, if the
-    /// socket has one (registering it now if it has become busy). The op
-    /// checks, when submitted, that it goes to this socket's ring.
+    /// socket has one (registering it now in the current ring if it has
+    /// become busy). The op checks, when submitted, that it goes to the
+    /// ring the slot is in.
     pub(crate) fn fixed(&self) -> Option<FixedFd> {
-        let driver = self.driver.as_ref()?;
-        let slot = match self.slot.get() {
-            Some(s) => s,
-            None => {
-                let n = self.ops.get();
-                if n < REGISTER_AFTER {
-                    self.ops.set(n + 1);
-                    return None;
-                }
-                if n == u32::MAX || !driver.is_uring() {
-                    return None;
-                }
-                self.ops.set(u32::MAX);
-                let s = driver.register_file(self.fd())?;
-                self.slot.set(Some(s));
-                s
+        if let Some((slot, driver)) = self.slot.get() {
+            return Some(FixedFd { slot, driver });
+        }
+        let n = self.ops.get();
+        if n < REGISTER_AFTER {
+            self.ops.set(n + 1);
+            return None;
+        }
+        if n == u32::MAX {
+            return None;
+        }
+        self.ops.set(u32::MAX);
+        driver::with_current(|d| {
+            if !d.is_uring() {
+                return None;
             }
-        };
-        Some(FixedFd {
-            slot,
-            driver: Rc::as_ptr(driver),
+            let slot = d.register_file(self.fd())?;
+            self.slot.set(Some((slot, Rc::as_ptr(d))));
+            self.slot_driver.set(Some(Rc::downgrade(d)));
+            Some(FixedFd {
+                slot,
+                driver: Rc::as_ptr(d),
+            })
         })
+        .flatten()
     }
 
     pub(crate) fn fd(&self) -> RawFd {
@@ -80,14 +92,15 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        if let Some(d) = &self.driver {
-            // The table's reference must go before the fd closes, or the
-            // socket would outlive its last descriptor.
-            if let Some(slot) = self.slot.take() {
+        // The table's reference must go before the fd closes, or the
+        // socket would outlive its last descriptor. (A ring that is gone
+        // took its table with it.)
+        if let (Some((slot, _)), Some(d)) = (self.slot.take(), self.slot_driver.take()) {
+            if let Some(d) = d.upgrade() {
                 d.unregister_file(slot);
             }
-            d.forget_fd(self.fd.as_raw_fd());
         }
+        driver::fd_closing(self.fd.as_raw_fd());
         // The OwnedFd closes the descriptor.
     }
 }

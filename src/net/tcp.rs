@@ -14,6 +14,12 @@ use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
 use crate::driver::op::net as ops;
 use crate::driver::op::{AcceptMulti, Op};
+use crate::driver::uring::FdBacklog;
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
 use crate::runtime::context;
 
 fn domain(a: &SocketAddr) -> i32 {
@@ -27,6 +33,9 @@ fn domain(a: &SocketAddr) -> i32 {
 /// A TCP listening socket.
 pub struct TcpListener {
     sock: Socket,
+    /// Connections a dropped multishot accept had already taken from the
+    /// kernel: the next `accept`/`incoming` hands them out first.
+    backlog: FdBacklog,
 }
 
 impl std::fmt::Debug for TcpListener {
@@ -52,6 +61,7 @@ impl TcpListener {
             ops::listen(raw, 1024)?;
             Ok(TcpListener {
                 sock: Socket::new(fd),
+                backlog: FdBacklog::default(),
             })
         })
     }
@@ -73,6 +83,7 @@ impl TcpListener {
         l.set_nonblocking(true)?;
         Ok(TcpListener {
             sock: Socket::new(OwnedFd::from(l)),
+            backlog: FdBacklog::default(),
         })
     }
 
@@ -84,14 +95,26 @@ impl TcpListener {
     /// loop should pause before retrying (asyncio's servers wait 1 s;
     /// `examples/echo_server.rs` waits 100 ms) rather than spin.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        if let Some(s) = self.take_backlog() {
+            let addr = s.peer_addr().unwrap_or(UNSPECIFIED);
+            return Ok((s, addr));
+        }
         let (fd, addr) = Op::new(ops::Accept::new(self.sock.fd())).await?;
         Ok((TcpStream::from_fd(fd), addr.as_inet()?))
+    }
+
+    /// A connection a dropped [`Incoming`] had already accepted.
+    fn take_backlog(&self) -> Option<TcpStream> {
+        let fd = self.backlog.borrow_mut().pop_front()?;
+        Some(TcpStream::from_fd(fd))
     }
 
     /// The connections, as a stream. On io_uring with multishot accept
     /// (5.19+) one SQE serves every connection; elsewhere it accepts in a
     /// loop. Dropping the stream cancels the accept; connections the kernel
-    /// accepted meanwhile are closed. Errors are yielded and the stream goes
+    /// had already accepted for it are kept for the next `accept()` or
+    /// `incoming()` on this listener (closed only with the listener), so
+    /// no connection is lost on either backend. Errors are yielded and the stream goes
     /// on; see [`accept`](Self::accept) for the ones that repeat until
     /// descriptors are freed.
     pub fn incoming(&self) -> Incoming<'_> {
@@ -142,11 +165,29 @@ impl futures_core::Stream for Incoming<'_> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.multi.is_none() && this.single.is_none() {
-            let d = context::current_driver().expect("incoming() polled outside a uringio loop");
-            if d.is_uring() && d.features.multishot_accept {
-                this.multi = Some(AcceptMulti::new(this.listener.sock.fd(), d));
+        if let Some(s) = this.listener.take_backlog() {
+            return Poll::Ready(Some(Ok(s)));
+        }
+        let d = context::current_driver().expect("incoming() polled outside a uringio loop");
+        if this
+            .multi
+            .as_ref()
+            .is_some_and(|m| !Rc::ptr_eq(m.driver(), &d))
+        {
+            // Polled in another loop than before: the old multishot goes
+            // (what it took lands in the backlog) and one starts here.
+            this.multi = None;
+            if let Some(s) = this.listener.take_backlog() {
+                return Poll::Ready(Some(Ok(s)));
             }
+        }
+        if this.multi.is_none()
+            && this.single.is_none()
+            && d.is_uring()
+            && d.features.multishot_accept
+        {
+            let backlog = this.listener.backlog.clone();
+            this.multi = Some(AcceptMulti::new(this.listener.sock.fd(), d, backlog));
         }
         if let Some(m) = &mut this.multi {
             return m.poll_next(cx).map(|r| Some(r.map(TcpStream::from_fd)));

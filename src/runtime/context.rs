@@ -37,27 +37,14 @@ pub(crate) fn push_ready(task: TaskRef) {
 
 /// The running loop's driver.
 pub(crate) fn current_driver() -> Option<Rc<Driver>> {
-    CURRENT.with(|c| c.borrow().as_ref().map(|l| l.driver.clone()))
-}
-
-/// Runs `f` with the running loop's driver.
-///
-/// # Panics
-/// Outside a running loop.
-pub(crate) fn with_driver<R>(f: impl FnOnce(&Driver) -> R) -> R {
-    try_with_driver(f).expect("no uringio loop is running on this thread")
-}
-
-/// Runs `f` with the running loop's driver, if there is one.
-pub(crate) fn try_with_driver<R>(f: impl FnOnce(&Driver) -> R) -> Option<R> {
-    let d = current_driver()?;
-    Some(f(&d))
+    crate::driver::current()
 }
 
 /// Marks `inner` as this thread's running loop until dropped.
 pub(crate) struct EnterGuard {
     prev: Option<Rc<LoopInner>>,
     prev_id: usize,
+    prev_driver: Option<Rc<Driver>>,
 }
 
 /// Enters `inner`. Fails if another loop is already running on this thread
@@ -69,7 +56,12 @@ pub(crate) fn enter(inner: &Rc<LoopInner>) -> Result<EnterGuard, &'static str> {
     }
     let prev = CURRENT.with(|c| c.borrow_mut().replace(inner.clone()));
     CURRENT_ID.with(|c| c.set(inner.id()));
-    Ok(EnterGuard { prev, prev_id })
+    let prev_driver = crate::driver::set_current(Some(inner.driver.clone()));
+    Ok(EnterGuard {
+        prev,
+        prev_id,
+        prev_driver,
+    })
 }
 
 impl Drop for EnterGuard {
@@ -77,6 +69,8 @@ impl Drop for EnterGuard {
         let prev = self.prev.take();
         let old = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
         CURRENT_ID.with(|c| c.set(self.prev_id));
+        let old_driver = crate::driver::set_current(self.prev_driver.take());
         drop(old);
+        drop(old_driver);
     }
 }

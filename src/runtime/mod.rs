@@ -2,7 +2,6 @@
 //! low-level methods ([`EventLoop`]), and the way in from other threads
 //! ([`LoopHandle`]).
 
-pub(crate) mod blocking;
 pub(crate) mod context;
 mod handle;
 pub(crate) mod scheduler;
@@ -18,34 +17,11 @@ use std::time::{Duration, Instant};
 pub use handle::{LoopHandle, RemoteTask};
 pub use threads::CoreContext;
 
+pub use crate::driver::Backend;
+use crate::driver::blocking::BlockingPool;
 use crate::driver::{Driver, DriverConfig};
 use crate::task::TaskId;
-use blocking::BlockingPool;
 use scheduler::{LoopInner, Settings, Shared};
-
-/// Which driver a loop runs on.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Backend {
-    /// io_uring if the kernel and sandbox allow it, else epoll. The
-    /// environment variable `URINGIO_BACKEND=io_uring|epoll|auto` overrides.
-    #[default]
-    Auto,
-    /// io_uring, or an error if it is unavailable.
-    IoUring,
-    /// epoll (readiness), with file ops on the blocking pool.
-    Epoll,
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Auto => "auto",
-            Backend::IoUring => "io_uring",
-            Backend::Epoll => "epoll",
-        })
-    }
-}
 
 /// Builds a [`Runner`]: the loop factory, per thread.
 #[derive(Debug, Clone)]
@@ -139,7 +115,7 @@ impl Builder {
             sqpoll: self.sqpoll,
             simulate_failure: self.simulate_failure.clone(),
         };
-        let driver = Driver::new(&cfg, &shared, &pool)?;
+        let driver = Driver::new(&cfg, shared.wake_fd(), shared.clone(), &pool)?;
         let debug = self.debug.unwrap_or_else(|| {
             std::env::var("URINGIO_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
         });

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use super::blocking::BlockingPool;
 use super::context;
 use super::{ExceptionContext, TaskInfo, TaskState};
 use crate::driver::Driver;
+use crate::driver::blocking::BlockingPool;
 use crate::task::raw::{self, PollOutcome, TaskRef};
 use crate::time::timers::Timers;
 
@@ -122,6 +122,12 @@ impl Shared {
             return Vec::new();
         }
         std::mem::take(&mut *self.remote.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl crate::driver::Unpark for Shared {
+    fn unpark(&self) {
+        self.notify();
     }
 }
 

@@ -243,7 +243,7 @@ fn want(inner: &Rc<LoopInner>, sig: i32) -> io::Result<()> {
         mask.add(sig);
         match &st.fd {
             Some(fd) => fd.set_mask(&mask)?,
-            None => st.fd = Some(Rc::new(SignalFd::new(&mask, inner.driver.clone())?)),
+            None => st.fd = Some(Rc::new(SignalFd::new(&mask)?)),
         }
         st.mask = Some(mask);
         Ok(())

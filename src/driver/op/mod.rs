@@ -21,6 +21,13 @@
 //! it stays inline in the future on io_uring and is boxed only if it goes
 //! to the blocking pool or is abandoned in flight. That saves an allocation
 //! per socket read or write.
+//!
+//! An op belongs to the driver it was first polled on. Polled later on
+//! another loop's driver (its future moved from one `Runner` to another on
+//! the same thread), it is taken back from the first — cancelled there and
+//! waited for if the kernel or a pool thread has it — and then completes
+//! with what it got, or starts afresh on the new driver: the same on both
+//! backends, and nothing is lost.
 
 pub(crate) mod fs;
 pub(crate) mod net;
@@ -34,14 +41,14 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 
 use io_uring::squeue;
 use slab::Slab;
 
+use super::uring::{FdBacklog, LateResults};
 use super::{Backends, Driver};
-use crate::runtime::context;
 
 /// How the epoll backend runs an op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +119,9 @@ pub(crate) trait OpCode: 'static {
 enum State {
     Init,
     Uring(usize),
-    Epoll,
+    /// Retrying on readiness (epoll); the token of its waiter in the fd's
+    /// list once it waits (removed when the op ends or is dropped).
+    Epoll(Option<u64>),
     Pool(usize),
     Done,
 }
@@ -202,21 +211,71 @@ impl<T: OpCode> Op<T> {
         self.cancel.as_ref().is_some_and(|(c, _)| c.fired.get())
     }
 
-    fn register_cancel(&mut self, key: Option<usize>, waker: &Waker) {
+    fn register_cancel(&mut self, key: Option<usize>, waker: &Waker, driver: &Rc<Driver>) {
         if let Some((c, slot)) = &mut self.cancel {
+            let uring_key = key.map(|k| (k, Rc::downgrade(driver)));
             match slot {
                 Some(i) => {
                     if let Some(e) = c.ops.borrow_mut().get_mut(*i) {
-                        e.uring_key = key;
+                        e.uring_key = uring_key;
                         e.waker = Some(waker.clone());
                     }
                 }
                 None => {
                     *slot = Some(c.ops.borrow_mut().insert(CancelEntry {
-                        uring_key: key,
+                        uring_key,
                         waker: Some(waker.clone()),
                     }))
                 }
+            }
+        }
+    }
+
+    /// The fd and direction an epoll op waits on.
+    fn epoll_target(&mut self) -> Option<(RawFd, bool)> {
+        match self.data.as_mut()?.get().mode() {
+            Mode::Readable(fd) => Some((fd, false)),
+            Mode::Writable(fd) => Some((fd, true)),
+            _ => None,
+        }
+    }
+
+    /// Removes the op's readiness waiter from `driver`, if it has one.
+    fn unwait(&mut self, driver: &Driver, token: Option<u64>) {
+        if let (Some(t), Some((fd, write))) = (token, self.epoll_target()) {
+            if let Backends::Epoll(e) = &mut *driver.inner.borrow_mut() {
+                e.unwait(fd, write, t);
+            }
+        }
+    }
+
+    /// The op was polled on `new`, not on the driver it started on: take
+    /// it back from the old one (see the module docs). `Some(output)` if
+    /// it completed there.
+    fn migrate(&mut self, new: &Rc<Driver>) -> Option<T::Output> {
+        let old = self.driver.replace(new.clone())?;
+        self.unregister_cancel();
+        match std::mem::replace(&mut self.state, State::Init) {
+            State::Init | State::Done => None,
+            State::Epoll(token) => {
+                self.unwait(&old, token);
+                self.state = State::Epoll(None);
+                None
+            }
+            State::Uring(key) => {
+                let (res, flags) = old.detach_uring(key)?;
+                if res == -libc::ECANCELED {
+                    // Cancelled before it did anything: start it here.
+                    return None;
+                }
+                Some(self.finish(cvt_res(res), flags))
+            }
+            State::Pool(key) => {
+                let res = match &mut *old.inner.borrow_mut() {
+                    Backends::Epoll(e) => e.detach_blocking(key),
+                    Backends::Uring(_) => None,
+                }?;
+                Some(self.finish(res, 0))
             }
         }
     }
@@ -229,7 +288,7 @@ impl<T: OpCode> Op<T> {
         }
     }
 
-    fn poll_inner(&mut self, driver: &Driver, cx: &mut Context<'_>) -> Poll<T::Output> {
+    fn poll_inner(&mut self, driver: &Rc<Driver>, cx: &mut Context<'_>) -> Poll<T::Output> {
         loop {
             match self.state {
                 State::Done => panic!("op polled after completion"),
@@ -249,7 +308,7 @@ impl<T: OpCode> Op<T> {
                             let key = u.submit(sqe, cx.waker());
                             drop(inner);
                             self.state = State::Uring(key);
-                            self.register_cancel(Some(key), cx.waker());
+                            self.register_cancel(Some(key), cx.waker(), driver);
                             return Poll::Pending;
                         }
                         Backends::Epoll(e) => match data.mode() {
@@ -268,7 +327,7 @@ impl<T: OpCode> Op<T> {
                                 drop(inner);
                                 driver.bump(|s| s.blocking_ops += 1);
                                 self.state = State::Pool(key);
-                                self.register_cancel(None, cx.waker());
+                                self.register_cancel(None, cx.waker(), driver);
                                 return Poll::Pending;
                             }
                             Mode::Inline => {
@@ -278,7 +337,7 @@ impl<T: OpCode> Op<T> {
                             }
                             Mode::Readable(_) | Mode::Writable(_) => {
                                 drop(inner);
-                                self.state = State::Epoll;
+                                self.state = State::Epoll(None);
                             }
                         },
                     }
@@ -289,16 +348,9 @@ impl<T: OpCode> Op<T> {
                         Backends::Epoll(_) => unreachable!("uring op on an epoll driver"),
                     };
                     return match r {
-                        Poll::Ready((res, flags)) => {
-                            let res = if res < 0 {
-                                Err(io::Error::from_raw_os_error(-res))
-                            } else {
-                                Ok(res as usize)
-                            };
-                            Poll::Ready(self.finish(res, flags))
-                        }
+                        Poll::Ready((res, flags)) => Poll::Ready(self.finish(cvt_res(res), flags)),
                         Poll::Pending => {
-                            self.register_cancel(Some(key), cx.waker());
+                            self.register_cancel(Some(key), cx.waker(), driver);
                             Poll::Pending
                         }
                     };
@@ -313,7 +365,7 @@ impl<T: OpCode> Op<T> {
                         Poll::Pending => Poll::Pending,
                     };
                 }
-                State::Epoll => {
+                State::Epoll(mut token) => {
                     // A fired canceller still gets one try: what already
                     // arrived is handed over rather than left behind.
                     let fired = self.cancel_fired();
@@ -338,17 +390,23 @@ impl<T: OpCode> Op<T> {
                     };
                     match res {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock && fired => {
+                            self.unwait(driver, token);
                             return Poll::Ready(self.finish(Err(ecanceled()), 0));
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if let Err(e) = super::epoll_wait_ready(driver, fd, write, cx.waker()) {
+                            let r =
+                                super::epoll_wait_ready(driver, fd, write, cx.waker(), &mut token);
+                            self.state = State::Epoll(token);
+                            if let Err(e) = r {
+                                self.unwait(driver, token);
                                 return Poll::Ready(self.finish(Err(e), 0));
                             }
-                            self.register_cancel(None, cx.waker());
+                            self.register_cancel(None, cx.waker(), driver);
                             return Poll::Pending;
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         res => {
+                            self.unwait(driver, token);
                             if let (Some(len), Ok(n)) = (stream_len, &res) {
                                 if *n > 0 && *n < len {
                                     super::epoll_mark_read_drained(driver, fd);
@@ -370,15 +428,16 @@ impl<T: OpCode> Future for Op<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let this = self.get_mut();
-        let driver = match &this.driver {
-            Some(d) => d.clone(),
-            None => {
-                let d = context::current_driver()
-                    .expect("uringio I/O used outside a running uringio loop");
-                this.driver = Some(d.clone());
-                d
+        let driver = super::current().expect("uringio I/O used outside a running uringio loop");
+        match &this.driver {
+            Some(d) if Rc::ptr_eq(d, &driver) => {}
+            Some(_) => {
+                if let Some(out) = this.migrate(&driver) {
+                    return Poll::Ready(out);
+                }
             }
-        };
+            None => this.driver = Some(driver.clone()),
+        }
         this.poll_inner(&driver, cx)
     }
 }
@@ -387,19 +446,40 @@ impl<T: OpCode> Drop for Op<T> {
     fn drop(&mut self) {
         self.unregister_cancel();
         let state = std::mem::replace(&mut self.state, State::Done);
-        let (Some(data), Some(driver)) = (self.data.take(), self.driver.as_ref()) else {
+        let Some(driver) = self.driver.clone() else {
+            return;
+        };
+        if let State::Epoll(token) = state {
+            self.unwait(&driver, token);
+            return;
+        }
+        let Some(data) = self.data.take() else {
             return;
         };
         let data: Box<dyn Any> = data.into_any();
-        match (state, &mut *driver.inner.borrow_mut()) {
+        let garbage = match (state, &mut *driver.inner.borrow_mut()) {
             // The kernel or a pool thread still owns the buffers: park them in
             // the driver until the completion arrives.
-            (State::Uring(key), Backends::Uring(u)) => u.abandon(key, data, T::discard_result),
+            (State::Uring(key), Backends::Uring(u)) => {
+                u.abandon(key, data, T::discard_result);
+                None
+            }
             (State::Pool(key), Backends::Epoll(e)) => {
                 e.abandon_blocking(key, data, T::discard_result)
             }
-            _ => {}
-        }
+            (_, _) => Some(data),
+        };
+        // Dropped with the driver released.
+        drop(garbage);
+    }
+}
+
+/// A CQE's result as an `io::Result`.
+fn cvt_res(res: i32) -> io::Result<usize> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as usize)
     }
 }
 
@@ -425,7 +505,8 @@ impl<T: OpCode> Cancellable for Op<T> {
 }
 
 struct CancelEntry {
-    uring_key: Option<usize>,
+    /// The op's slot on io_uring, and the driver it is in.
+    uring_key: Option<(usize, Weak<Driver>)>,
     waker: Option<Waker>,
 }
 
@@ -485,23 +566,20 @@ impl Canceller {
     /// Cancels every op tied to this token, now and later.
     pub fn cancel(&self) {
         self.inner.fired.set(true);
-        let entries: Vec<(Option<usize>, Option<Waker>)> = self
+        type Entry = (Option<(usize, Weak<Driver>)>, Option<Waker>);
+        let entries: Vec<Entry> = self
             .inner
             .ops
             .borrow_mut()
             .iter_mut()
-            .map(|(_, e)| (e.uring_key, e.waker.take()))
+            .map(|(_, e)| (e.uring_key.clone(), e.waker.take()))
             .collect();
-        context::try_with_driver(|d| {
-            if let Backends::Uring(u) = &mut *d.inner.borrow_mut() {
-                for (key, _) in &entries {
-                    if let Some(k) = key {
-                        u.cancel(*k);
-                    }
+        for (key, w) in entries {
+            if let Some((k, d)) = key {
+                if let Some(d) = d.upgrade() {
+                    d.cancel_uring(k);
                 }
             }
-        });
-        for (_, w) in entries {
             if let Some(w) = w {
                 w.wake();
             }
@@ -570,19 +648,28 @@ pub unsafe fn submit_raw<K: 'static>(
 
 /// A multishot accept on io_uring: one SQE, a CQE per connection, re-armed
 /// when the kernel ends it.
+/// Dropped, connections it took from the kernel (queued, or still to
+/// come before the cancel lands) go to the listener's backlog.
 pub(crate) struct AcceptMulti {
     fd: RawFd,
     key: Option<usize>,
     driver: Rc<Driver>,
+    backlog: FdBacklog,
 }
 
 impl AcceptMulti {
-    pub(crate) fn new(fd: RawFd, driver: Rc<Driver>) -> AcceptMulti {
+    pub(crate) fn new(fd: RawFd, driver: Rc<Driver>, backlog: FdBacklog) -> AcceptMulti {
         AcceptMulti {
             fd,
             key: None,
             driver,
+            backlog,
         }
+    }
+
+    /// The driver whose ring runs it.
+    pub(crate) fn driver(&self) -> &Rc<Driver> {
+        &self.driver
     }
 
     pub(crate) fn poll_next(
@@ -626,7 +713,7 @@ impl Drop for AcceptMulti {
     fn drop(&mut self) {
         if let Some(k) = self.key.take() {
             if let Backends::Uring(u) = &mut *self.driver.inner.borrow_mut() {
-                u.abandon_multi(k, None, true);
+                u.abandon_multi(k, None, LateResults::Keep(self.backlog.clone()));
             }
         }
     }

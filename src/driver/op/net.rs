@@ -189,7 +189,7 @@ impl<B: IoBuf> SendTo<B> {
 }
 
 impl<B: IoBuf> OpCode for SendTo<B> {
-    type Output = crate::BufResult<usize, B>;
+    type Output = crate::buf::BufResult<usize, B>;
 
     fn sqe(&mut self) -> squeue::Entry {
         self.fill();
@@ -247,11 +247,11 @@ impl<B: IoBufMut> RecvFrom<B> {
 }
 
 impl<B: IoBufMut> OpCode for RecvFrom<B> {
-    type Output = crate::BufResult<(usize, SocketAddr), B>;
+    type Output = crate::buf::BufResult<(usize, SocketAddr), B>;
 
     fn check(&self) -> io::Result<()> {
         if self.iov[0].iov_len == 0 {
-            return Err(crate::net::no_spare_capacity());
+            return Err(super::rw::no_spare_capacity());
         }
         Ok(())
     }

@@ -145,7 +145,7 @@ impl<B: IoBufMut> Read<B> {
 }
 
 impl<B: IoBufMut> OpCode for Read<B> {
-    type Output = crate::BufResult<usize, B>;
+    type Output = crate::buf::BufResult<usize, B>;
 
     // The SQE points at the buffer's heap storage and nothing else.
     const MOVABLE: bool = true;
@@ -156,7 +156,7 @@ impl<B: IoBufMut> OpCode for Read<B> {
 
     fn check(&self) -> io::Result<()> {
         if self.len == 0 {
-            return Err(crate::net::no_spare_capacity());
+            return Err(super::rw::no_spare_capacity());
         }
         Ok(())
     }
@@ -243,7 +243,7 @@ impl<B: IoBuf> Write<B> {
 }
 
 impl<B: IoBuf> OpCode for Write<B> {
-    type Output = crate::BufResult<usize, B>;
+    type Output = crate::buf::BufResult<usize, B>;
 
     // The SQE points at the buffer's heap storage and nothing else.
     const MOVABLE: bool = true;
@@ -323,12 +323,12 @@ impl<B: IoBufMut> ReadV<B> {
 }
 
 impl<B: IoBufMut> OpCode for ReadV<B> {
-    type Output = crate::BufResult<usize, Vec<B>>;
+    type Output = crate::buf::BufResult<usize, Vec<B>>;
 
     fn check(&self) -> io::Result<()> {
         // Zero spare capacity would read 0 bytes: a false end of stream.
         if self.iov.iter().all(|v| v.iov_len == 0) {
-            return Err(crate::net::no_spare_capacity());
+            return Err(super::rw::no_spare_capacity());
         }
         Ok(())
     }
@@ -415,7 +415,7 @@ impl<B: IoBuf> WriteV<B> {
 }
 
 impl<B: IoBuf> OpCode for WriteV<B> {
-    type Output = crate::BufResult<usize, Vec<B>>;
+    type Output = crate::buf::BufResult<usize, Vec<B>>;
 
     fn sqe(&mut self) -> squeue::Entry {
         if self.socket {
@@ -469,7 +469,7 @@ pub(crate) async fn write_all<B: IoBuf>(
     offset: Option<u64>,
     socket: bool,
     fixed: Option<FixedFd>,
-) -> crate::BufResult<(), B> {
+) -> crate::buf::BufResult<(), B> {
     let total = buf.bytes_init();
     let mut done = 0;
     while done < total {
@@ -494,4 +494,12 @@ pub(crate) async fn write_all<B: IoBuf>(
         }
     }
     (Ok(()), buf)
+}
+
+/// The error for a read into a buffer with no room left.
+pub(crate) fn no_spare_capacity() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "read buffer has no spare capacity (len == capacity): pass Vec::with_capacity(n) or clear() it",
+    )
 }

@@ -28,7 +28,6 @@ use std::rc::Rc;
 use io_uring::{opcode, squeue, types};
 
 use super::{Mode, Op, OpCode};
-use crate::driver::Driver;
 
 /// The size of one `struct signalfd_siginfo` record.
 pub(crate) const SIGINFO_SIZE: usize = std::mem::size_of::<libc::signalfd_siginfo>();
@@ -119,13 +118,14 @@ pub(crate) fn discard_pending(sig: i32) -> usize {
 /// A `signalfd`, closed (and forgotten by the epoll backend) on drop.
 pub(crate) struct SignalFd {
     fd: OwnedFd,
-    driver: Rc<Driver>,
+    /// Not `Send`: the epoll loops that may have registered the fd are
+    /// this thread's.
+    _thread: std::marker::PhantomData<Rc<()>>,
 }
 
 impl SignalFd {
-    /// A non-blocking, close-on-exec signalfd reading `mask`, waited for on
-    /// `driver`.
-    pub(crate) fn new(mask: &SigSet, driver: Rc<Driver>) -> io::Result<SignalFd> {
+    /// A non-blocking, close-on-exec signalfd reading `mask`.
+    pub(crate) fn new(mask: &SigSet) -> io::Result<SignalFd> {
         let flags = libc::SFD_CLOEXEC | libc::SFD_NONBLOCK;
         // SAFETY: -1 asks for a new descriptor; the mask pointer is valid.
         let fd = unsafe { libc::signalfd(-1, &mask.0, flags) };
@@ -135,7 +135,7 @@ impl SignalFd {
         Ok(SignalFd {
             // SAFETY: a fresh descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            driver,
+            _thread: std::marker::PhantomData,
         })
     }
 
@@ -178,7 +178,7 @@ impl SignalFd {
 
 impl Drop for SignalFd {
     fn drop(&mut self) {
-        self.driver.forget_fd(self.fd.as_raw_fd());
+        crate::driver::fd_closing(self.fd.as_raw_fd());
     }
 }
 

@@ -12,6 +12,17 @@
 //! Multi{queue} ──CQE with F_MORE──▶ Multi{queue+1} ──CQE without──▶ ended
 //!      └─stream dropped─▶ MultiAbandoned + ASYNC_CANCEL ──final CQE──▶ removed
 //! ```
+//! ## Cancellations
+//! A slot is cancelled at most once (`ASYNC_CANCEL` walks the kernel's
+//! request hash: sending it twice for a big backlog is quadratic), and
+//! `cancelling` counts the slots whose cancel went out and whose final CQE
+//! has not come. With `DEFER_TASKRUN` the kernel posts only ~20 deferred
+//! completions per `io_uring_enter` unless asked for more
+//! (`IO_LOCAL_TW_DEFAULT_MAX`, 6.13): a loop dropping many ops per
+//! iteration would build a backlog of cancelled-but-unreaped requests, so
+//! `park` asks for up to `cancelling` completions (zero timeout) while the
+//! backlog is larger than that. Dropping the ring does the same, so it
+//! takes milliseconds at any backlog.
 //! ## Unsubmitted SQEs
 //! An op's SQE is held in `pending` until the next `park`, which hands all
 //! of them to the kernel in the same `io_uring_enter` that waits. An op
@@ -50,18 +61,51 @@ const ENTER_SQ_WAKEUP: u32 = 1 << 1;
 const ENTER_EXT_ARG: u32 = 1 << 3;
 
 enum Slot {
-    Waiting(Option<Waker>),
+    /// In flight; `cancelled`: an `ASYNC_CANCEL` for it went out.
+    Waiting {
+        waker: Option<Waker>,
+        cancelled: bool,
+    },
     Done(i32, u32),
-    /// Dropped in flight; the hook is given a successful result (to close
-    /// a descriptor nobody will take).
+    /// Dropped in flight (always cancelled); the hook is given a
+    /// successful result (to close a descriptor nobody will take).
     Abandoned(Box<dyn Any>, fn(i32)),
     Multi {
         queue: VecDeque<(i32, u32)>,
         waker: Option<Waker>,
         ended: bool,
+        cancelled: bool,
     },
-    /// Dropped; `bool`: results are fds to close.
-    MultiAbandoned(Option<Box<dyn Any>>, bool),
+    /// Dropped (always cancelled); what to do with results still coming.
+    MultiAbandoned(Option<Box<dyn Any>>, LateResults),
+}
+
+/// What a dropped multishot op does with results that come after the drop.
+pub(crate) enum LateResults {
+    /// They are new descriptors (accepted connections): keep them here
+    /// for the next accept on the same listener.
+    Keep(FdBacklog),
+}
+
+/// Accepted connections that a dropped multishot accept took from the
+/// kernel, kept for the listener's next accept.
+pub(crate) type FdBacklog = std::rc::Rc<std::cell::RefCell<VecDeque<std::os::fd::OwnedFd>>>;
+
+impl LateResults {
+    fn take(&self, res: i32) {
+        if res < 0 {
+            return;
+        }
+        match self {
+            LateResults::Keep(b) => {
+                use std::os::fd::FromRawFd;
+                // SAFETY: the kernel handed us this new descriptor and
+                // nobody else has it.
+                let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(res) };
+                b.borrow_mut().push_back(fd);
+            }
+        }
+    }
 }
 
 pub(crate) struct Uring {
@@ -80,6 +124,11 @@ pub(crate) struct Uring {
     pending_idx: Vec<usize>,
     /// The registered-file table (see [`Uring::register_file`]).
     files: FixedFiles,
+    /// Slots cancelled whose final CQE has not come (see the module docs).
+    cancelling: usize,
+    /// Wakers of completed ops, run by the caller once the driver is
+    /// released.
+    woken: Vec<Waker>,
 }
 
 /// Slots of the ring's sparse registered-file table.
@@ -104,13 +153,9 @@ impl FixedFiles {
 
 const NOT_PENDING: usize = usize::MAX;
 
-/// Closes a descriptor a multishot accept produced that nobody took.
-fn close_result_fd(res: i32) {
-    if res >= 0 {
-        // SAFETY: the kernel handed us this descriptor and nobody else has it.
-        unsafe { libc::close(res) };
-    }
-}
+/// The kernel posts about this many deferred completions per enter on its
+/// own; a larger cancellation backlog is drained explicitly.
+const DRAIN_BACKLOG_ABOVE: usize = 16;
 
 impl Uring {
     /// Queues an SQE; when the SQ is full, submits what is there first.
@@ -174,26 +219,29 @@ impl Uring {
     /// Completes op `key` with `res` without the kernel.
     fn fail(&mut self, key: usize, res: i32) {
         match self.slots.get_mut(key) {
-            Some(Slot::Waiting(w)) => {
-                let w = w.take();
+            Some(Slot::Waiting { waker, .. }) => {
+                let w = waker.take();
                 self.slots[key] = Slot::Done(res, 0);
-                if let Some(w) = w {
-                    w.wake();
-                }
+                self.woken.extend(w);
             }
             Some(Slot::Multi {
                 queue,
                 waker,
                 ended,
+                ..
             }) => {
                 queue.push_back((res, 0));
                 *ended = true;
-                if let Some(w) = waker.take() {
-                    w.wake();
-                }
+                self.woken.extend(waker.take());
             }
             _ => {}
         }
+    }
+
+    /// Wakers of ops completed since the last call, to run with the
+    /// driver released.
+    pub(crate) fn take_woken(&mut self, into: &mut Vec<Waker>) {
+        into.append(&mut self.woken);
     }
 
     /// Puts `fd` in the registered-file table; its ops can then name the
@@ -238,7 +286,10 @@ impl Uring {
     /// Queues an op's SQE (submitted at the next `park`); returns its slot
     /// key. A submission failure is reported through the slot.
     pub(crate) fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> usize {
-        let key = self.slots.insert(Slot::Waiting(Some(waker.clone())));
+        let key = self.slots.insert(Slot::Waiting {
+            waker: Some(waker.clone()),
+            cancelled: false,
+        });
         self.enqueue(key, sqe);
         key
     }
@@ -249,6 +300,7 @@ impl Uring {
             queue: VecDeque::new(),
             waker: Some(waker.clone()),
             ended: false,
+            cancelled: false,
         });
         self.enqueue(key, sqe);
         Ok(key)
@@ -261,7 +313,7 @@ impl Uring {
                 self.slots.remove(key);
                 Poll::Ready(r)
             }
-            Some(Slot::Waiting(w)) => {
+            Some(Slot::Waiting { waker: w, .. }) => {
                 match w {
                     Some(old) if old.will_wake(waker) => {}
                     _ => *w = Some(waker.clone()),
@@ -279,6 +331,7 @@ impl Uring {
                 queue,
                 waker: w,
                 ended,
+                ..
             }) => {
                 if let Some(c) = queue.pop_front() {
                     return Poll::Ready(Some(c));
@@ -297,44 +350,46 @@ impl Uring {
         }
     }
 
-    /// The multishot stream was dropped: cancel, forget queued results
-    /// (`keep` is held until the final CQE). With `fds`, results are new
-    /// descriptors nobody will take: they are closed.
-    pub(crate) fn abandon_multi(&mut self, key: usize, keep: Option<Box<dyn Any>>, fds: bool) {
-        if fds {
-            if let Some(Slot::Multi { queue, .. }) = self.slots.get_mut(key) {
-                for (res, _) in queue.drain(..) {
-                    close_result_fd(res);
-                }
+    /// The multishot stream was dropped: cancel; queued results and
+    /// those still to come go to `late`; `keep` is held until the final
+    /// CQE.
+    pub(crate) fn abandon_multi(
+        &mut self,
+        key: usize,
+        keep: Option<Box<dyn Any>>,
+        late: LateResults,
+    ) {
+        if let Some(Slot::Multi { queue, .. }) = self.slots.get_mut(key) {
+            for (res, _) in queue.drain(..) {
+                late.take(res);
             }
         }
         let unsubmitted = self.unqueue(key);
         match self.slots.get(key) {
             Some(Slot::Multi { ended: true, .. }) => {
                 self.slots.remove(key);
-                if let Some(k) = keep {
-                    self.garbage.push(k);
-                }
+                self.garbage.extend(keep);
             }
             Some(Slot::Multi { .. }) if unsubmitted => {
                 // The kernel never saw it.
                 self.slots.remove(key);
-                if let Some(k) = keep {
-                    self.garbage.push(k);
+                self.garbage.extend(keep);
+            }
+            Some(Slot::Multi { cancelled, .. }) => {
+                let cancelled = *cancelled;
+                self.slots[key] = Slot::MultiAbandoned(keep, late);
+                if !cancelled {
+                    self.send_cancel(key);
                 }
             }
-            Some(Slot::Multi { .. }) => {
-                self.slots[key] = Slot::MultiAbandoned(keep, fds);
-                self.cancel(key);
-            }
-            _ => {}
+            _ => self.garbage.extend(keep),
         }
     }
 
     /// The op's future was dropped while in flight: keep its data until the
-    /// CQE, and ask the kernel to cancel it. An op the kernel has not seen
-    /// yet is simply forgotten. `discard` gets a successful result nobody
-    /// will take (an accepted or opened fd, to close).
+    /// CQE, and ask the kernel to cancel it (once). An op the kernel has
+    /// not seen yet is simply forgotten. `discard` gets a successful result
+    /// nobody will take (an accepted or opened fd, to close).
     pub(crate) fn abandon(&mut self, key: usize, data: Box<dyn Any>, discard: fn(i32)) {
         let unsubmitted = self.unqueue(key);
         match self.slots.get(key) {
@@ -346,29 +401,72 @@ impl Uring {
                 }
                 self.garbage.push(data);
             }
-            Some(Slot::Waiting(_)) if unsubmitted => {
+            Some(Slot::Waiting { .. }) if unsubmitted => {
                 self.slots.remove(key);
                 self.garbage.push(data);
             }
-            Some(Slot::Waiting(_)) => {
+            Some(Slot::Waiting { cancelled, .. }) => {
+                let cancelled = *cancelled;
                 self.slots[key] = Slot::Abandoned(data, discard);
-                self.cancel(key);
+                if !cancelled {
+                    self.send_cancel(key);
+                }
             }
             _ => self.garbage.push(data),
         }
     }
 
     /// Cancels op `key`: one not submitted yet completes at once with
-    /// `ECANCELED`; otherwise an `ASYNC_CANCEL` is queued.
+    /// `ECANCELED`; otherwise an `ASYNC_CANCEL` is queued, unless one
+    /// already was.
     pub(crate) fn cancel(&mut self, key: usize) {
         if self.unqueue(key) {
             self.fail(key, -libc::ECANCELED);
             return;
         }
+        match self.slots.get_mut(key) {
+            Some(Slot::Waiting { cancelled, .. }) | Some(Slot::Multi { cancelled, .. }) => {
+                if *cancelled {
+                    return;
+                }
+                *cancelled = true;
+            }
+            _ => return,
+        }
+        self.send_cancel(key);
+    }
+
+    /// Queues the `ASYNC_CANCEL` for a submitted op (the caller records
+    /// that it did).
+    fn send_cancel(&mut self, key: usize) {
+        self.cancelling += 1;
         let sqe = opcode::AsyncCancel::new(key as u64)
             .build()
             .user_data(CANCEL_KEY);
         let _ = self.push(sqe);
+    }
+
+    /// The op is moving to another loop. `Ok(None)`: it never reached the
+    /// kernel (start it afresh elsewhere); `Ok(Some(cqe))`: it completed;
+    /// `Err(())`: still in flight — it has been cancelled, park until its
+    /// CQE and ask again.
+    pub(crate) fn detach(&mut self, key: usize) -> Result<Option<(i32, u32)>, ()> {
+        if self.unqueue(key) {
+            self.slots.remove(key);
+            return Ok(None);
+        }
+        match self.slots.get(key) {
+            Some(Slot::Done(res, flags)) => {
+                let r = (*res, *flags);
+                self.slots.remove(key);
+                Ok(Some(r))
+            }
+            Some(Slot::Waiting { .. }) => {
+                self.cancel(key);
+                Err(())
+            }
+            _ => Ok(Some((-libc::EIO, 0))),
+        }
     }
 
     fn arm_wake(&mut self) -> io::Result<()> {
@@ -395,7 +493,16 @@ impl Uring {
         &mut self,
         timeout: Option<Duration>,
         stats: &mut Stats,
-    ) -> io::Result<Vec<Box<dyn Any>>> {
+        wake: &mut Vec<Waker>,
+        garbage: &mut Vec<Box<dyn Any>>,
+    ) -> io::Result<()> {
+        let r = self.park_inner(timeout, stats);
+        self.take_woken(wake);
+        garbage.append(&mut self.garbage);
+        r
+    }
+
+    fn park_inner(&mut self, timeout: Option<Duration>, stats: &mut Stats) -> io::Result<()> {
         if !self.closing {
             self.arm_wake()?;
         }
@@ -452,7 +559,44 @@ impl Uring {
             };
             self.reap_into(stats);
         }
-        Ok(std::mem::take(&mut self.garbage))
+        // Cancelled requests beyond what one enter posts: ask for them now
+        // (see the module docs), a few rounds at most per iteration.
+        for _ in 0..4 {
+            if self.cancelling <= DRAIN_BACKLOG_ABOVE {
+                break;
+            }
+            let before = self.cancelling;
+            self.drain(Duration::ZERO, stats);
+            if self.cancelling == before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One enter that asks the kernel to post up to `cancelling` deferred
+    /// completions, waiting at most `wait` for them; then reaps.
+    fn drain(&mut self, wait: Duration, stats: &mut Stats) {
+        let cap = self.ring.completion().capacity();
+        let want = (self.cancelling + usize::from(self.wake_armed)).clamp(1, cap) as u32;
+        let ts = Timespec::from(wait);
+        let args = SubmitArgs::new().timespec(&ts);
+        let to_submit = self.ring.submission().len() as u32;
+        // SAFETY: `args` is a valid io_uring_getevents_arg living across
+        // the call, and EXT_ARG is set accordingly.
+        let r = unsafe {
+            self.ring.submitter().enter(
+                to_submit,
+                want,
+                ENTER_GETEVENTS | ENTER_EXT_ARG,
+                Some(&args),
+            )
+        };
+        stats.enter_calls += 1;
+        if let Ok(n) = r {
+            stats.sqes_submitted += n as u64;
+        }
+        self.reap_into(stats);
     }
 
     fn reap(&mut self) {
@@ -482,14 +626,15 @@ impl Uring {
                 continue;
             };
             match slot {
-                Slot::Waiting(w) => {
-                    let w = w.take();
-                    *slot = Slot::Done(res, flags);
-                    if let Some(w) = w {
-                        w.wake();
+                Slot::Waiting { waker, cancelled } => {
+                    if *cancelled {
+                        self.cancelling -= 1;
                     }
+                    self.woken.extend(waker.take());
+                    *slot = Slot::Done(res, flags);
                 }
                 Slot::Abandoned(..) => {
+                    self.cancelling -= 1;
                     if let Slot::Abandoned(d, discard) = self.slots.remove(key) {
                         if res >= 0 {
                             discard(res);
@@ -501,20 +646,21 @@ impl Uring {
                     queue,
                     waker,
                     ended,
+                    cancelled,
                 } => {
                     queue.push_back((res, flags));
                     if !more {
                         *ended = true;
+                        if *cancelled {
+                            self.cancelling -= 1;
+                        }
                     }
-                    if let Some(w) = waker.take() {
-                        w.wake();
-                    }
+                    self.woken.extend(waker.take());
                 }
-                Slot::MultiAbandoned(_, fds) => {
-                    if *fds {
-                        close_result_fd(res);
-                    }
+                Slot::MultiAbandoned(_, late) => {
+                    late.take(res);
                     if !more {
+                        self.cancelling -= 1;
                         if let Slot::MultiAbandoned(Some(d), _) = self.slots.remove(key) {
                             self.garbage.push(d);
                         }
@@ -528,11 +674,7 @@ impl Uring {
     }
 
     fn in_flight(&self) -> usize {
-        self.slots
-            .iter()
-            .filter(|(_, s)| !matches!(s, Slot::Done(..)))
-            .count()
-            + usize::from(self.wake_armed)
+        self.cancelling + usize::from(self.wake_armed)
     }
 }
 
@@ -544,15 +686,28 @@ impl Drop for Uring {
             self.slots.try_remove(key);
         }
         // Buffers of abandoned ops (and the eventfd read's buffer) may still
-        // be written by the kernel: cancel everything and wait, bounded, for
+        // be written by the kernel: cancel what was not cancelled yet (no
+        // op is alive now: each holds the driver), then wait, bounded, for
         // the completions before freeing anything.
-        let keys: Vec<usize> = self
+        let uncancelled: Vec<usize> = self
             .slots
             .iter()
-            .filter(|(_, s)| !matches!(s, Slot::Done(..)))
+            .filter(|(_, s)| {
+                matches!(
+                    s,
+                    Slot::Waiting {
+                        cancelled: false,
+                        ..
+                    } | Slot::Multi {
+                        cancelled: false,
+                        ended: false,
+                        ..
+                    }
+                )
+            })
             .map(|(k, _)| k)
             .collect();
-        for k in keys {
+        for k in uncancelled {
             self.cancel(k);
         }
         if self.wake_armed {
@@ -565,13 +720,9 @@ impl Drop for Uring {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut stats = Stats::default();
         while self.in_flight() > 0 && Instant::now() < deadline {
-            if self
-                .park(Some(Duration::from_millis(10)), &mut stats)
-                .is_err()
-            {
-                break;
-            }
+            self.drain(Duration::from_millis(10), &mut stats);
             self.garbage.clear();
+            self.woken.clear();
         }
         if self.in_flight() > 0 {
             // Still owned by the kernel: leak rather than free.

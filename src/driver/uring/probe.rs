@@ -243,6 +243,8 @@ impl Uring {
                 pending: Vec::new(),
                 pending_idx: Vec::new(),
                 files: super::FixedFiles::new(files),
+                cancelling: 0,
+                woken: Vec::new(),
             },
             features,
         ))
