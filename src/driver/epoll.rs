@@ -219,6 +219,17 @@ pub(crate) struct Epoll {
     next_token: u64,
 }
 
+impl Registry {
+    /// Ops waiting for readiness on any fd.
+    fn waiters(&self) -> usize {
+        self.fds
+            .borrow()
+            .iter()
+            .map(|s| s.readers.len() + s.writers.len())
+            .sum()
+    }
+}
+
 /// A pointer to an op's boxed data, sent to a pool thread.
 struct Job {
     ptr: *mut (),
@@ -358,6 +369,12 @@ impl Epoll {
         };
         // The waker is dropped with the registry released.
         drop(removed);
+    }
+
+    /// See [`Stats::readiness_waiters`] (counted on demand: a test and
+    /// debugging aid, not for the hot path).
+    pub(crate) fn waiters(&self) -> usize {
+        self.reg.waiters()
     }
 
     /// See [`FdState::read_drained`].

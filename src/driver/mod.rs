@@ -150,6 +150,13 @@ pub struct Stats {
     /// Sockets in the ring's registered-file table right now (io_uring;
     /// busy sockets are registered, see [`Features::fixed_files`]).
     pub registered_files: u64,
+    /// Ops cancelled whose final completion has not been reaped yet
+    /// (io_uring): the cancellation backlog, kept small while the loop
+    /// runs.
+    pub cancels_in_flight: u64,
+    /// Ops waiting for readiness right now (epoll): one per op that got
+    /// `EAGAIN` and has not completed or been dropped.
+    pub readiness_waiters: u64,
 }
 
 /// The counters of the loop running on this thread.
@@ -157,7 +164,7 @@ pub struct Stats {
 /// # Panics
 /// Outside a running loop.
 pub fn stats() -> Stats {
-    with_current(|d| d.stats.get()).expect("driver::stats() called outside a running uringio loop")
+    with_current(|d| d.stats()).expect("driver::stats() called outside a running uringio loop")
 }
 
 /// The features of the loop running on this thread.
@@ -268,6 +275,16 @@ impl Driver {
             kind: Backend::Epoll,
             fallback_reason,
         })
+    }
+
+    /// The counters, with the gauges read from the backend now.
+    pub(crate) fn stats(&self) -> Stats {
+        let mut s = self.stats.get();
+        match &*self.inner.borrow() {
+            Backends::Uring(u) => s.cancels_in_flight = u.cancelling() as u64,
+            Backends::Epoll(e) => s.readiness_waiters = e.waiters() as u64,
+        }
+        s
     }
 
     pub(crate) fn is_uring(&self) -> bool {

@@ -673,6 +673,11 @@ impl Uring {
         stats.cqes_reaped += n;
     }
 
+    /// See [`Stats::cancels_in_flight`].
+    pub(crate) fn cancelling(&self) -> usize {
+        self.cancelling
+    }
+
     fn in_flight(&self) -> usize {
         self.cancelling + usize::from(self.wake_armed)
     }
