@@ -7,7 +7,7 @@ use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use common::{BACKENDS, on_both, runner};
+use common::{backends, on_both, runner};
 use futures_util::future::join_all;
 use uringio::net::{TcpListener, TcpStream};
 use uringio::{Backend, Runner};
@@ -102,6 +102,10 @@ fn auto_picks_io_uring_where_it_works() {
         || std::env::var_os("URINGIO_SIMULATE_SETUP_ERROR").is_some()
     {
         eprintln!("backend forced by the environment; skipping");
+        return;
+    }
+    if !common::io_uring_or_skip("io_uring test") {
+        common::assert_io_uring_refused_properly();
         return;
     }
     let r = Runner::builder().backend(Backend::Auto).build().unwrap();
@@ -226,6 +230,10 @@ fn features() {
 
 #[test]
 fn builder_entries_are_rounded() {
+    if !common::io_uring_or_skip("io_uring test") {
+        common::assert_io_uring_refused_properly();
+        return;
+    }
     for (asked, sq) in [(3u32, 8u32), (64, 64), (100, 128)] {
         let r = Runner::builder()
             .backend(Backend::IoUring)
@@ -244,7 +252,7 @@ fn introspection_outside_a_loop_panics() {
 
 #[test]
 fn a_loop_inside_a_running_loop_is_refused() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut outer = runner(b);
         outer.run(async move {
             let mut inner = runner(b);
