@@ -284,3 +284,62 @@ fn submit_raw_nop() {
         }
     });
 }
+
+/// `examples/no_io_uring` (built by plain `cargo test`), or `None` with a
+/// visible line when a `--test` filter left it unbuilt.
+fn launcher() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("examples").join("no_io_uring");
+    if p.exists() {
+        return Some(p);
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIP backend::{}: {} is not built (plain `cargo test` or `cargo build --examples` builds it)",
+        std::thread::current().name().unwrap_or("?"),
+        p.display()
+    );
+    None
+}
+
+/// A container's seccomp profile, for real: this test binary re-run under
+/// `examples/no_io_uring` (io_uring_setup refused with EPERM, then ENOSYS)
+/// passes a two-backend test by running its epoll half, and says on
+/// stderr, past the output capture, that the io_uring half did not run.
+#[test]
+fn io_uring_refused_by_seccomp_skips_visibly() {
+    let Some(launcher) = launcher() else { return };
+    let exe = std::env::current_exe().unwrap();
+    for (errno, reason) in [
+        ("EPERM", "io_uring_setup: EPERM (seccomp?)"),
+        ("ENOSYS", "io_uring_setup: ENOSYS (kernel without io_uring)"),
+    ] {
+        let out = std::process::Command::new(&launcher)
+            .args(["--errno", errno])
+            .arg(&exe)
+            .args(["--exact", "submit_raw_nop", "--test-threads", "1"])
+            .env_remove("URINGIO_BACKEND")
+            .env_remove("URINGIO_SIMULATE_SETUP_ERROR")
+            .output()
+            .expect("run the test binary under no_io_uring");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{errno}: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+        assert!(stdout.contains("1 passed"), "{errno}: {stdout}");
+        let skip = format!("io_uring half (io_uring unavailable: {reason})");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("SKIP ")).collect();
+        assert_eq!(lines.len(), 1, "{errno}: one SKIP line expected: {stderr}");
+        assert!(
+            lines[0].starts_with("SKIP backend::submit_raw_nop (tests/backend.rs:")
+                && lines[0].ends_with(&skip),
+            "{errno}: {}",
+            lines[0]
+        );
+    }
+}
