@@ -7,7 +7,7 @@ use std::io;
 use std::net::Shutdown;
 use std::time::Duration;
 
-use common::{BACKENDS, on_both, runner};
+use common::{backends, on_both, runner};
 use futures_util::future::join_all;
 use uringio::net::{TcpListener, TcpStream};
 use uringio::{Backend, Runner};
@@ -102,6 +102,10 @@ fn auto_picks_io_uring_where_it_works() {
         || std::env::var_os("URINGIO_SIMULATE_SETUP_ERROR").is_some()
     {
         eprintln!("backend forced by the environment; skipping");
+        return;
+    }
+    if !common::io_uring_or_skip("io_uring test") {
+        common::assert_io_uring_refused_properly();
         return;
     }
     let r = Runner::builder().backend(Backend::Auto).build().unwrap();
@@ -226,6 +230,10 @@ fn features() {
 
 #[test]
 fn builder_entries_are_rounded() {
+    if !common::io_uring_or_skip("io_uring test") {
+        common::assert_io_uring_refused_properly();
+        return;
+    }
     for (asked, sq) in [(3u32, 8u32), (64, 64), (100, 128)] {
         let r = Runner::builder()
             .backend(Backend::IoUring)
@@ -244,7 +252,7 @@ fn introspection_outside_a_loop_panics() {
 
 #[test]
 fn a_loop_inside_a_running_loop_is_refused() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut outer = runner(b);
         outer.run(async move {
             let mut inner = runner(b);
@@ -275,4 +283,63 @@ fn submit_raw_nop() {
             _ => assert_eq!(res.unwrap_err().kind(), std::io::ErrorKind::Unsupported),
         }
     });
+}
+
+/// `examples/no_io_uring` (built by plain `cargo test`), or `None` with a
+/// visible line when a `--test` filter left it unbuilt.
+fn launcher() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("examples").join("no_io_uring");
+    if p.exists() {
+        return Some(p);
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIP backend::{}: {} is not built (plain `cargo test` or `cargo build --examples` builds it)",
+        std::thread::current().name().unwrap_or("?"),
+        p.display()
+    );
+    None
+}
+
+/// A container's seccomp profile, for real: this test binary re-run under
+/// `examples/no_io_uring` (io_uring_setup refused with EPERM, then ENOSYS)
+/// passes a two-backend test by running its epoll half, and says on
+/// stderr, past the output capture, that the io_uring half did not run.
+#[test]
+fn io_uring_refused_by_seccomp_skips_visibly() {
+    let Some(launcher) = launcher() else { return };
+    let exe = std::env::current_exe().unwrap();
+    for (errno, reason) in [
+        ("EPERM", "io_uring_setup: EPERM (seccomp?)"),
+        ("ENOSYS", "io_uring_setup: ENOSYS (kernel without io_uring)"),
+    ] {
+        let out = std::process::Command::new(&launcher)
+            .args(["--errno", errno])
+            .arg(&exe)
+            .args(["--exact", "submit_raw_nop", "--test-threads", "1"])
+            .env_remove("URINGIO_BACKEND")
+            .env_remove("URINGIO_SIMULATE_SETUP_ERROR")
+            .output()
+            .expect("run the test binary under no_io_uring");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{errno}: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+        assert!(stdout.contains("1 passed"), "{errno}: {stdout}");
+        let skip = format!("io_uring half (io_uring unavailable: {reason})");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("SKIP ")).collect();
+        assert_eq!(lines.len(), 1, "{errno}: one SKIP line expected: {stderr}");
+        assert!(
+            lines[0].starts_with("SKIP backend::submit_raw_nop (tests/backend.rs:")
+                && lines[0].ends_with(&skip),
+            "{errno}: {}",
+            lines[0]
+        );
+    }
 }

@@ -501,7 +501,7 @@ fn dropped_file_reads_on_both_backends() {
 #[test]
 fn dropping_a_runner_with_tasks_blocked_in_io() {
     let _g = serial();
-    for b in common::BACKENDS {
+    for b in common::backends() {
         let dir = TempDir::new(&format!("cancel-runner-{b}"));
         std::fs::write(dir.path("f"), vec![1u8; 1 << 20]).unwrap();
         let fds_before = open_fds();

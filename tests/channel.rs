@@ -6,6 +6,8 @@
 //! Every test bounds its own time: loops run their body under
 //! `uringio::timeout`, and threads are joined with a deadline.
 
+mod common;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -14,18 +16,12 @@ use uringio::Backend;
 /// How long one test body may take before it counts as hung.
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// Runs `f` on a new loop with `backend`, failing if it takes over `LIMIT`.
-/// `None` when the backend cannot be set up here (reported, not silent).
-fn run_on<F: Future>(backend: Backend, f: F) -> Option<F::Output> {
-    let mut runner = match uringio::Runner::builder().backend(backend).build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("skipping: backend {backend:?} unavailable here: {e}");
-            return None;
-        }
-    };
+/// Runs `f` on a new loop with `backend`, failing if it takes over `LIMIT`
+/// (callers check the backend is usable here first: `common::backends()`).
+fn run_on<F: Future>(backend: Backend, f: F) -> F::Output {
+    let mut runner = common::runner(backend);
     let out = runner.run(async move { uringio::timeout(LIMIT, f).await });
-    Some(out.expect("test body timed out"))
+    out.expect("test body timed out")
 }
 
 /// Runs `f` on a new default loop, failing if it takes over `LIMIT`.
@@ -536,7 +532,7 @@ fn all_to_all(backend: Backend) {
         let (me, got) = done_rx
             .recv_timeout(LIMIT + Duration::from_secs(5))
             .expect("a loop thread hung or panicked");
-        let Some((s, r)) = got else { return };
+        let (s, r) = got;
         sent[me] = s;
         received[me] = r;
     }
@@ -555,6 +551,9 @@ fn all_to_all(backend: Backend) {
 
 #[test]
 fn cross_thread_all_to_all_io_uring() {
+    if !common::io_uring_or_skip("io_uring test") {
+        return;
+    }
     all_to_all(Backend::IoUring);
 }
 

@@ -3,6 +3,7 @@
 //! It must echo every byte (half-close included), exit 0 on SIGTERM, and
 //! leave its port free at once (no in-flight accept keeping the listener
 //! alive after the process is gone).
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -91,6 +92,19 @@ fn start(backend: &str, fd_limit: Option<u32>) -> (Guard, u16) {
         );
         if backend != "auto" && line.starts_with("backend:") {
             assert!(line.contains(backend), "{backend}: {line}");
+        }
+        if backend == "auto"
+            && line.starts_with("backend:")
+            && std::env::var_os("URINGIO_BACKEND").is_none()
+        {
+            match common::io_uring_unavailable() {
+                None => assert_eq!(line.trim(), "backend: io_uring", "{backend}"),
+                Some(why) => assert_eq!(
+                    line.trim(),
+                    format!("backend: epoll (fell back: {why})"),
+                    "{backend}"
+                ),
+            }
         }
         if let Some(a) = line.trim().strip_prefix("listening on ") {
             port = Some(a.rsplit(':').next().unwrap().parse::<u16>().unwrap());
@@ -183,6 +197,9 @@ fn run_out_of_fds(backend: &str) {
 
 #[test]
 fn echo_server_example_backs_off_when_out_of_fds_io_uring() {
+    if !common::io_uring_or_skip("io_uring test") {
+        return;
+    }
     run_out_of_fds("io_uring");
 }
 
@@ -193,7 +210,34 @@ fn echo_server_example_backs_off_when_out_of_fds_epoll() {
 
 #[test]
 fn echo_server_example_on_io_uring() {
+    if !common::io_uring_or_skip("io_uring test") {
+        refused("io_uring");
+        return;
+    }
     run("io_uring");
+}
+
+/// Where io_uring is refused, `--backend io_uring` is a clear error at
+/// start-up, never a silent fallback.
+fn refused(backend: &str) {
+    let out = Command::new(example())
+        .args(["127.0.0.1:0", "--backend", backend])
+        .output()
+        .expect("start echo_server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{backend}: started anyway: {err}");
+    assert!(err.contains("io_uring"), "{backend}: {err}");
+    assert!(
+        err.contains(common::io_uring_unavailable().unwrap()),
+        "{backend}: the reason is missing: {err}"
+    );
+}
+
+/// `--backend auto` (the default) serves on whatever the kernel allows;
+/// where io_uring is refused it says so and serves on epoll.
+#[test]
+fn echo_server_example_on_auto() {
+    run("auto");
 }
 
 #[test]

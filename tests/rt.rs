@@ -4,12 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::BACKENDS;
+use common::backends;
 use uringio::rt::{Builder, CoreContext};
 
 #[test]
 fn launch_runs_one_loop_per_thread_and_returns_in_id_order() {
-    for b in BACKENDS {
+    for b in backends() {
         let outs = Builder::new()
             .backend(b)
             .thread_per_core(3)
@@ -32,7 +32,7 @@ fn launch_runs_one_loop_per_thread_and_returns_in_id_order() {
 
 #[test]
 fn peers_run_work_for_each_other() {
-    for b in BACKENDS {
+    for b in backends() {
         // A loop stops serving once its own future is done: each core waits
         // until both have their answer.
         let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -72,7 +72,7 @@ fn peers_run_work_for_each_other() {
 
 #[test]
 fn channels_between_cores() {
-    for b in BACKENDS {
+    for b in backends() {
         let (tx, rx) = uringio::channel::bounded::<u64>(16);
         let rx = std::sync::Mutex::new(Some(rx));
         let tx = std::sync::Mutex::new(Some(tx));

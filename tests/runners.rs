@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use common::{BACKENDS, runner};
+use common::{backends, runner};
 use uringio::{Backend, Runner};
 
 /// Sets its flag when dropped: tells when a task's future was dropped.
@@ -109,7 +109,7 @@ fn run_propagates_a_panic_and_leaves_the_thread_usable() {
 
 #[test]
 fn runner_is_reusable_and_keeps_its_state() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let counter = Rc::new(Cell::new(0u32));
         let c = counter.clone();
@@ -169,7 +169,7 @@ fn runner_drop_cancels_tasks_left_by_earlier_runs() {
 
 #[test]
 fn run_forever_until_stop() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let lp = r.event_loop();
         let ticks = Rc::new(Cell::new(0u32));
@@ -205,7 +205,7 @@ fn run_forever_until_stop() {
 
 #[test]
 fn run_forever_stopped_from_another_thread() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let h = r.handle();
         let t = std::thread::spawn(move || {
@@ -224,7 +224,7 @@ fn stop_before_run_forever_runs_one_iteration() {
     // asyncio: "If stop() is called before run_forever() is called, the
     // loop will poll the I/O selector once with a timeout of zero, run all
     // callbacks scheduled ... and then exit."
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let lp = r.event_loop();
         let hit = Rc::new(Cell::new(false));
@@ -261,7 +261,7 @@ fn stop_before_run_forever_runs_one_iteration() {
 fn stop_inside_run_does_not_spin() {
     // stop() only concerns run_forever; inside run(fut) it must not turn
     // the loop into a busy wait until fut completes.
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let enters = r.run(async {
             uringio::get_running_loop().stop();
@@ -301,7 +301,7 @@ fn running_a_loop_inside_a_running_loop_panics() {
 
 #[test]
 fn backend_is_the_one_chosen() {
-    for b in BACKENDS {
+    for b in backends() {
         let r = Runner::builder().backend(b).build().unwrap();
         assert_eq!(r.backend(), b);
         assert_eq!(r.fallback_reason(), None);
@@ -316,6 +316,8 @@ fn backend_is_the_one_chosen() {
     );
     if r.backend() == Backend::IoUring {
         assert_eq!(r.fallback_reason(), None);
+    } else if common::io_uring_unavailable().is_some() {
+        common::assert_io_uring_refused_properly();
     }
 }
 

@@ -209,7 +209,7 @@ fn signal_pending_before_it_was_added_is_read() {
 #[test]
 fn handler_added_before_the_loop_runs() {
     let sig = rt(4);
-    for b in common::BACKENDS {
+    for b in common::backends() {
         let mut r = runner(b);
         let lp = r.event_loop();
         let hits = Rc::new(Cell::new(0u32));
@@ -293,7 +293,7 @@ fn signal_outside_a_loop_is_an_error() {
 #[test]
 fn dropping_the_loop_ends_streams() {
     let sig = rt(5);
-    for b in common::BACKENDS {
+    for b in common::backends() {
         let mut r = runner(b);
         let s = r.run(async { signal::signal(sig) });
         assert!(blocked(sig));

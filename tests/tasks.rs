@@ -419,7 +419,7 @@ fn unretrieved_panic_of_a_detached_task_reaches_the_exception_handler() {
 #[test]
 fn debug_mode_reports_slow_polls_and_callbacks() {
     capture_logs();
-    for b in [Backend::IoUring, Backend::Epoll] {
+    for b in common::backends() {
         let mut r = Runner::builder()
             .backend(b)
             .debug(true)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BACKENDS, on_both, runner};
+use common::{backends, on_both, runner};
 use futures_util::StreamExt;
 use uringio::error::TimeoutError;
 
@@ -286,7 +286,7 @@ fn call_later_call_at_order_and_timer_handle_cancel() {
 
 #[test]
 fn stop_and_run_forever() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let el = r.event_loop();
         assert!(!el.is_running());
@@ -323,7 +323,7 @@ fn stop_and_run_forever() {
 
 #[test]
 fn loop_handle_stop_from_another_thread() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let h = r.handle();
         let t = std::thread::spawn(move || {
@@ -341,7 +341,7 @@ fn stop_before_run_forever_runs_one_iteration() {
     // asyncio: "If stop() is called before run_forever() is called, the
     // loop will poll the I/O selector once with a timeout of zero, run all
     // callbacks scheduled ... and then exit."
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let h = r.handle();
         // Safety net so a failure cannot hang the test run.
@@ -371,7 +371,7 @@ fn stop_before_run_forever_runs_one_iteration() {
 
 #[test]
 fn loop_handle_stop_outside_run_forever_does_not_spin() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         r.handle().stop();
         let calls = r.run(async {
@@ -488,7 +488,7 @@ fn loop_handle_spawn_from_another_thread() {
 
 #[test]
 fn remote_task_of_a_closed_loop_is_cancelled() {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         let h = r.handle();
         // Spawned and started, then the loop closes with it pending.
@@ -506,7 +506,7 @@ fn remote_task_of_a_closed_loop_is_cancelled() {
 
 #[test]
 fn remote_task_never_run_by_a_closed_loop_is_cancelled() {
-    for b in BACKENDS {
+    for b in backends() {
         let r = runner(b);
         let h = r.handle();
         let never_started = h.spawn(async { 1 });

@@ -2,21 +2,120 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::io::Write;
+use std::panic::Location;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use uringio::{Backend, Runner};
 
-/// The backends every I/O test runs on.
-pub const BACKENDS: [Backend; 2] = [Backend::IoUring, Backend::Epoll];
-
-/// The backends this machine can run, in the order tests use them (the
-/// io_uring half is left out, with a visible line, where io_uring is
-/// refused).
-pub fn backends() -> Vec<Backend> {
-    BACKENDS.to_vec()
+/// Why io_uring cannot run in this process, or `None` where it can. Probed
+/// once, by building an explicit `Backend::IoUring` loop: a set-up refusal
+/// (seccomp's `EPERM`, `ENOSYS`, `kernel.io_uring_disabled`, a missing
+/// opcode, `URINGIO_SIMULATE_SETUP_ERROR`) is an `Unsupported` error. Any
+/// other error keeps io_uring in [`backends()`], so `runner` reports it as
+/// the failure it is.
+pub fn io_uring_unavailable() -> Option<&'static str> {
+    static PROBE: OnceLock<Option<String>> = OnceLock::new();
+    PROBE
+        .get_or_init(
+            || match Runner::builder().backend(Backend::IoUring).build() {
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    let msg = e.to_string();
+                    let why = msg
+                        .strip_prefix("io_uring was asked for but is unavailable: ")
+                        .unwrap_or(&msg);
+                    Some(why.to_string())
+                }
+                Err(_) => None,
+            },
+        )
+        .as_deref()
 }
 
-/// A loop on `b`.
+/// Prints, past the test harness's output capture, the line that says the
+/// io_uring `part` (`"io_uring half"`, `"io_uring test"`) of the calling
+/// test did not run here:
+/// `SKIP tcp::read_write (tests/tcp.rs:42): io_uring half (io_uring unavailable: …)`.
+#[track_caller]
+pub fn report_skip(part: &str) {
+    let at = Location::caller();
+    let why = io_uring_unavailable().unwrap_or("?");
+    let thread = std::thread::current();
+    let test = match thread.name() {
+        Some(n) if n != "main" => format!("{}::{n} ", env!("CARGO_CRATE_NAME")),
+        _ => format!("{} ", env!("CARGO_CRATE_NAME")),
+    };
+    let line = format!(
+        "SKIP {test}({}:{}): {part} (io_uring unavailable: {why})\n",
+        at.file(),
+        at.line()
+    );
+    // `eprintln!` would be captured (and dropped) for a passing test; a
+    // direct write to the stderr handle is not.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `true` where io_uring runs here. Elsewhere it prints the `SKIP` line
+/// for the calling test (`part` of it) and returns `false`: the way an
+/// io_uring-only test or section bows out, visibly.
+#[track_caller]
+pub fn io_uring_or_skip(part: &str) -> bool {
+    if io_uring_unavailable().is_none() {
+        return true;
+    }
+    report_skip(part);
+    false
+}
+
+/// Where io_uring is refused, the refusal must be the documented one: an
+/// explicit `Backend::IoUring` is an `Unsupported` error naming the reason,
+/// and `Backend::Auto` falls back to epoll saying the same reason.
+pub fn assert_io_uring_refused_properly() {
+    let why = io_uring_unavailable().expect("io_uring is refused here");
+    assert!(
+        [
+            "EPERM",
+            "EACCES",
+            "ENOSYS",
+            "EINVAL",
+            "io_uring_disabled",
+            "MEMLOCK",
+            "IORING_"
+        ]
+        .iter()
+        .any(|k| why.contains(k)),
+        "not a documented set-up refusal: {why}"
+    );
+    let e = Runner::builder()
+        .backend(Backend::IoUring)
+        .build()
+        .expect_err("io_uring is refused here");
+    assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e:?}");
+    assert!(e.to_string().contains(why), "{e}");
+    if std::env::var_os("URINGIO_BACKEND").is_none() {
+        let r = Runner::builder().backend(Backend::Auto).build().unwrap();
+        assert_eq!(r.backend(), Backend::Epoll);
+        assert_eq!(r.fallback_reason(), Some(why));
+    }
+}
+
+/// The backends this machine can run, in the order tests use them: the
+/// io_uring half is left out, with a visible `SKIP` line naming the calling
+/// test, where io_uring is refused (a container's seccomp profile, an old
+/// kernel). Every I/O test loops over this (`for b in common::backends()`)
+/// or goes through [`on_both`].
+#[track_caller]
+pub fn backends() -> Vec<Backend> {
+    if io_uring_or_skip("io_uring half") {
+        vec![Backend::IoUring, Backend::Epoll]
+    } else {
+        vec![Backend::Epoll]
+    }
+}
+
+/// A loop on `b` (panics if `b` cannot be built: go through [`backends()`]).
 pub fn runner(b: Backend) -> Runner {
     Runner::builder()
         .backend(b)
@@ -24,14 +123,15 @@ pub fn runner(b: Backend) -> Runner {
         .unwrap_or_else(|e| panic!("cannot build a {b} loop: {e}"))
 }
 
-/// Runs `f(backend)` on a fresh loop of each backend, failing if one run
-/// takes longer than `secs` seconds.
+/// Runs `f(backend)` on a fresh loop of each usable backend (see
+/// [`backends()`]), failing if one run takes longer than `secs` seconds.
+#[track_caller]
 pub fn on_both<F, Fut>(secs: u64, f: F)
 where
     F: Fn(Backend) -> Fut,
     Fut: Future<Output = ()>,
 {
-    for b in BACKENDS {
+    for b in backends() {
         let mut r = runner(b);
         assert_eq!(r.backend(), b);
         r.run(async {
