@@ -540,3 +540,70 @@ fn busy_sockets_are_registered_and_still_close() {
         }
     });
 }
+
+#[test]
+fn dropping_incoming_keeps_the_connections_it_already_took() {
+    const CONNS: usize = 2000;
+    on_both(60, |b| async move {
+        use std::io::{Read, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // Clients on a thread: each connects, sends its number, and waits
+        // for it back (a connection closed by the server fails the echo).
+        let clients = std::thread::spawn(move || {
+            let mut socks = Vec::new();
+            for i in 0..CONNS as u32 {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.write_all(&i.to_le_bytes()).unwrap();
+                socks.push(s);
+            }
+            let mut ok = 0;
+            for (i, mut s) in socks.into_iter().enumerate() {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                    .unwrap();
+                let mut back = [0u8; 4];
+                if s.read_exact(&mut back).is_ok() && back == (i as u32).to_le_bytes() {
+                    ok += 1;
+                }
+            }
+            ok
+        });
+        let mut seen = vec![false; CONNS];
+        let mut served = 0;
+        async fn serve(s: TcpStream, seen: &mut [bool]) {
+            let (res, buf) = s.read(Vec::with_capacity(4)).await;
+            assert_eq!(res.unwrap(), 4);
+            let i = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+            assert!(!seen[i], "connection {i} twice");
+            seen[i] = true;
+            let (res, _) = s.write_all(buf).await;
+            res.unwrap();
+        }
+        // Take a few through incoming(), let it run ahead (on io_uring the
+        // multishot accept queues connections in its slot), then drop it
+        // while it holds some, several times over.
+        while served < CONNS / 2 {
+            let mut inc = l.incoming();
+            for _ in 0..10 {
+                let s = inc.next().await.unwrap().unwrap();
+                serve(s, &mut seen).await;
+                served += 1;
+            }
+            for _ in 0..3 {
+                uringio::yield_now().await;
+            }
+            drop(inc);
+        }
+        // The rest through accept(): every connection is still there.
+        while served < CONNS {
+            let (s, _) = l.accept().await.unwrap();
+            serve(s, &mut seen).await;
+            served += 1;
+        }
+        assert!(seen.iter().all(|&x| x), "{b}: a connection was lost");
+        let ok = uringio::get_running_loop()
+            .run_in_executor(move || clients.join().unwrap())
+            .await;
+        assert_eq!(ok, CONNS, "{b}: clients that got their echo");
+    });
+}
