@@ -353,8 +353,18 @@ impl std::fmt::Debug for Metadata {
     }
 }
 
+/// A statx time; times before 1970 (negative seconds) are fine, and one too
+/// far out for `SystemTime` saturates to the epoch rather than panicking.
 fn ts(t: libc::statx_timestamp) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::new(t.tv_sec as u64, t.tv_nsec)
+    let nanos = Duration::from_nanos(u64::from(t.tv_nsec.min(999_999_999)));
+    let secs = Duration::from_secs(t.tv_sec.unsigned_abs());
+    let at = if t.tv_sec >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(secs)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(secs)
+    };
+    at.and_then(|a| a.checked_add(nanos))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 impl Metadata {

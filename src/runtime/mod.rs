@@ -369,9 +369,10 @@ impl EventLoop {
         Handle { cancelled }
     }
 
-    /// Runs `f` after `d`.
+    /// Runs `f` after `d` (a duration past
+    /// [`time::FAR_FUTURE`](crate::time::FAR_FUTURE) is saturated to it).
     pub fn call_later(&self, d: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
-        self.call_at(Instant::now() + d, f)
+        self.call_at(crate::time::deadline_after(d), f)
     }
 
     /// Runs `f` at `t` (or soon after).

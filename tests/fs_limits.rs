@@ -1,7 +1,8 @@
-//! File offsets at the edge of `i64`, on both backends: io_uring reads an
-//! offset of -1 (`u64::MAX`) as "the current position" and pread/pwrite
-//! say `EINVAL`, so uringio refuses offsets past `i64::MAX` itself, the
-//! same way on both, before anything reaches the kernel.
+//! Files at the limits, on both backends. Offsets at the edge of `i64`:
+//! io_uring reads an offset of -1 (`u64::MAX`) as "the current position"
+//! and pread/pwrite say `EINVAL`, so uringio refuses offsets past
+//! `i64::MAX` itself, the same way on both, before anything reaches the
+//! kernel. File times before 1970.
 mod common;
 
 use std::io;
@@ -139,4 +140,20 @@ fn offsets_just_below_i64_max_agree_on_both_backends() {
         assert_eq!(w[0].1, w[1].1, "{} and {} disagree", w[0].0, w[1].0);
     }
     eprintln!("near i64::MAX: {:?}", per_backend.first().map(|p| &p.1));
+}
+
+/// A file's times come from the file system: one before 1970 (negative
+/// seconds) is a valid time, not a panic.
+#[test]
+fn file_times_before_1970() {
+    common::on_both(20, |b| async move {
+        let dir = TempDir::new(&format!("times-{b}"));
+        let path = dir.path("old");
+        let f = std::fs::File::create(&path).unwrap();
+        let long_ago = std::time::UNIX_EPOCH - Duration::from_secs(86400 * 365 * 10 + 7);
+        f.set_modified(long_ago).unwrap();
+        drop(f);
+        let m = uringio::fs::metadata(&path).await.unwrap();
+        assert_eq!(m.modified(), long_ago, "{b}");
+    });
 }
