@@ -343,3 +343,89 @@ fn io_uring_refused_by_seccomp_skips_visibly() {
         );
     }
 }
+/// Whether the missing-opcode simulations can say anything here: they set
+/// a real ring up, so io_uring must work and Auto must not be forced.
+fn real_ring_available() -> bool {
+    if std::env::var_os("URINGIO_BACKEND").is_some()
+        || !common::backends().contains(&Backend::IoUring)
+    {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "SKIP backend::{}: io_uring test (io_uring unavailable or the backend forced)",
+            std::thread::current().name().unwrap_or("?")
+        );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn auto_falls_back_when_a_required_opcode_is_missing() {
+    if !real_ring_available() {
+        return;
+    }
+    for sim in ["missing-opcode:IORING_OP_RECV", "missing-opcode:poll_add"] {
+        let mut r = simulated(Backend::Auto, sim).unwrap_or_else(|e| panic!("{sim}: {e}"));
+        assert_eq!(r.backend(), Backend::Epoll, "{sim}");
+        let why = r.fallback_reason().expect("a reason");
+        let want = if sim.ends_with("RECV") {
+            "opcode IORING_OP_RECV missing"
+        } else {
+            "opcode IORING_OP_POLL_ADD missing"
+        };
+        assert!(why.contains(want), "{sim}: {why}");
+        r.run(round_trip());
+    }
+}
+
+#[test]
+fn explicit_io_uring_with_a_missing_opcode_is_a_clear_error() {
+    if !real_ring_available() {
+        return;
+    }
+    let err = simulated(Backend::IoUring, "missing-opcode:IORING_OP_RECV").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err:?}");
+    assert!(
+        err.to_string().contains("opcode IORING_OP_RECV missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shutdown_opcode_is_not_required() {
+    if !real_ring_available() {
+        return;
+    }
+    // No SQE uses IORING_OP_SHUTDOWN (shutdown is a plain system call).
+    let mut r = simulated(Backend::Auto, "missing-opcode:IORING_OP_SHUTDOWN").unwrap();
+    assert_eq!(r.backend(), Backend::IoUring, "{:?}", r.fallback_reason());
+    assert_eq!(r.fallback_reason(), None);
+    r.run(async {
+        round_trip().await;
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let (res, _) = s.read(Vec::with_capacity(4)).await;
+        assert_eq!(res.unwrap(), 0, "shutdown reached the peer");
+    });
+}
+
+#[test]
+fn a_missing_optional_opcode_keeps_io_uring() {
+    if !real_ring_available() {
+        return;
+    }
+    let mut r = simulated(Backend::Auto, "missing-opcode:IORING_OP_FTRUNCATE").unwrap();
+    assert_eq!(r.backend(), Backend::IoUring, "{:?}", r.fallback_reason());
+    assert!(!r.features().ftruncate, "the feature is off");
+    r.run(async {
+        // set_len then takes the pool path, and works.
+        let dir = common::TempDir::new("probe-ftruncate");
+        let f = uringio::fs::File::create(dir.path("a")).await.unwrap();
+        f.set_len(1234).await.unwrap();
+        assert_eq!(f.metadata().await.unwrap().len(), 1234);
+        f.close().await.unwrap();
+    });
+}

@@ -125,7 +125,9 @@ fn a_waiting_read_dropped_on_an_idle_socket_leaves_no_waker() {
         let (conns, _peers) = idle_conns(1);
         for _ in 0..1000 {
             let mut f = Box::pin(conns[0].read(Vec::with_capacity(16)));
-            std::future::poll_fn(|cx| Poll::Ready(assert!(f.as_mut().poll(cx).is_pending()))).await;
+            let pending =
+                std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_pending())).await;
+            assert!(pending);
             drop(f);
         }
         // On epoll each read waited for readiness and was dropped: none of

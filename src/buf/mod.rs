@@ -5,6 +5,22 @@
 //! spare capacity, between the initialised length and the capacity, and
 //! advance the initialised length). Both promise a memory address that does
 //! not change while the buffer is owned by an op, even if the value is moved.
+//!
+//! ## The initialised bytes stay contiguous
+//! A buffer's initialised bytes are always `0..bytes_init()`: no op ever
+//! lets that length cover a byte that nothing wrote. A read into a
+//! [`Slice`] whose window starts past the inner buffer's initialised bytes
+//! (`Vec::with_capacity(64).slice(32..64)`) writes at the window; the gap
+//! between the inner buffer's initialised length and the window is then
+//! zero-filled, so the inner buffer's initialised bytes stay contiguous
+//! (`vec.len() == 32 + n`, bytes `0..32` zero) and no byte read is lost. A
+//! read of 0 bytes (end of stream) changes nothing.
+//!
+//! ## Reading into a buffer that is already initialised
+//! Reads fill *spare* capacity: a full `Vec` or a `Box<[u8]>` has none, and
+//! a read into one is an `InvalidInput` error. Wrap it in an [`Overwrite`]
+//! (or call [`IoBufMut::overwrite`]) to let reads write over its bytes from
+//! the start.
 
 use std::ops::{Bound, Deref, DerefMut, RangeBounds};
 
@@ -28,19 +44,26 @@ pub unsafe trait IoBuf: 'static {
 
     /// A view of `range` of this buffer, owning it.
     ///
+    /// The range is of the buffer's capacity, not only of its initialised
+    /// bytes: a read into the slice fills the window's spare part. When the
+    /// window starts past the buffer's initialised bytes, a read zero-fills
+    /// the gap before it (see [`Slice`]), so the buffer's initialised bytes
+    /// stay contiguous.
+    ///
     /// # Panics
     /// If the range is out of the buffer's capacity.
     fn slice(self, range: impl RangeBounds<usize>) -> Slice<Self>
     where
         Self: Sized,
     {
+        // Saturating: `..=usize::MAX` is out of any buffer, and says so.
         let begin = match range.start_bound() {
             Bound::Included(&n) => n,
-            Bound::Excluded(&n) => n + 1,
+            Bound::Excluded(&n) => n.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(&n) => n + 1,
+            Bound::Included(&n) => n.saturating_add(1),
             Bound::Excluded(&n) => n,
             Bound::Unbounded => self.bytes_total(),
         };
@@ -69,8 +92,17 @@ pub unsafe trait IoBufMut: IoBuf {
     /// Marks the first `pos` bytes as initialised (never shrinks).
     ///
     /// # Safety
-    /// The first `pos` bytes must be initialised.
+    /// The first `pos` bytes must be initialised, and `pos <= bytes_total`.
     unsafe fn set_init(&mut self, pos: usize);
+
+    /// This buffer, with its whole capacity offered to reads (see
+    /// [`Overwrite`]).
+    fn overwrite(self) -> Overwrite<Self>
+    where
+        Self: Sized,
+    {
+        Overwrite::new(self)
+    }
 }
 
 // SAFETY: a Vec's heap buffer does not move when the Vec does; `len` bytes
@@ -93,9 +125,11 @@ unsafe impl IoBufMut for Vec<u8> {
         self.as_mut_ptr()
     }
     unsafe fn set_init(&mut self, pos: usize) {
+        // Never past the capacity, whatever the caller says.
+        let pos = pos.min(self.capacity());
         if pos > self.len() {
             // SAFETY: the caller promises `pos` bytes are initialised, and
-            // pos <= capacity because ops never write past bytes_total.
+            // pos <= capacity (clamped above).
             unsafe { self.set_len(pos) }
         }
     }
@@ -165,6 +199,28 @@ unsafe impl IoBuf for String {
 
 /// A range of a buffer, owning the buffer. [`into_inner`](Self::into_inner)
 /// gives it back.
+///
+/// A read into a slice writes at the window's first spare byte. The inner
+/// buffer's initialised length then grows to cover what was read, and never
+/// further: if the inner buffer was initialised only up to a point before
+/// the window, the bytes between that point and the window are zero-filled
+/// first, so they are never exposed uninitialised. A read of 0 bytes
+/// changes nothing.
+///
+/// ```no_run
+/// use uringio::buf::IoBuf;
+/// # async fn f(s: uringio::net::TcpStream) {
+/// let (res, slice) = s.read(Vec::with_capacity(64).slice(32..64)).await;
+/// let n = res.unwrap();
+/// let v = slice.into_inner();
+/// if n > 0 {
+///     assert_eq!(v.len(), 32 + n);
+///     assert!(v[..32].iter().all(|&b| b == 0)); // the gap, zero-filled
+/// } else {
+///     assert_eq!(v.len(), 0); // end of stream: untouched
+/// }
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Slice<B> {
     buf: B,
@@ -216,8 +272,31 @@ unsafe impl<B: IoBufMut> IoBufMut for Slice<B> {
         unsafe { self.buf.stable_mut_ptr().add(self.begin) }
     }
     unsafe fn set_init(&mut self, pos: usize) {
-        // SAFETY: forwarded promise, shifted to the inner buffer.
-        unsafe { self.buf.set_init(self.begin + pos) }
+        // Never past the window, whatever the caller says.
+        let pos = pos.min(self.end - self.begin);
+        let inner_init = self.buf.bytes_init();
+        let end = self.begin + pos;
+        if pos == 0 || end <= inner_init {
+            return;
+        }
+        if inner_init < self.begin {
+            // The read wrote at `begin..`; nothing wrote the gap before it.
+            // SAFETY: inner_init < begin <= the inner's bytes_total, and the
+            // IoBufMut contract makes stable_mut_ptr writable up to
+            // bytes_total; we own the buffer.
+            unsafe {
+                std::ptr::write_bytes(
+                    self.buf.stable_mut_ptr().add(inner_init),
+                    0,
+                    self.begin - inner_init,
+                )
+            }
+        }
+        // SAFETY: inner bytes 0..inner_init were initialised already, the gap
+        // up to `begin` was just zeroed (or begin <= inner_init), and the
+        // caller promises begin..begin+pos were written; end <= the inner's
+        // bytes_total since the window lies within it.
+        unsafe { self.buf.set_init(end) }
     }
 }
 
@@ -237,20 +316,133 @@ impl<B: IoBufMut> DerefMut for Slice<B> {
     }
 }
 
+/// A buffer whose whole capacity is offered to reads, as if it were empty:
+/// the way to read into a `Box<[u8]>` or a full `Vec` without copying.
+///
+/// Reads write from the start of the buffer, over whatever it held.
+/// [`bytes_init`](IoBuf::bytes_init) is what reads have filled since the
+/// `Overwrite` was made (or [`clear`](Self::clear)ed), [`filled`](Self::filled);
+/// the [`Deref`] target is those bytes. So an `Overwrite` can go straight to
+/// a write, which sends what was read: an echo on a `Box<[u8]>` copies
+/// nothing. [`into_inner`](Self::into_inner) gives the buffer back (a `Vec`'s
+/// length grows to cover what was read but never shrinks, so compare with
+/// [`filled`](Self::filled)).
+///
+/// ```no_run
+/// use uringio::buf::{IoBufMut, Overwrite};
+/// # async fn f(s: uringio::net::TcpStream) {
+/// let mut buf = Overwrite::new(vec![0u8; 4096].into_boxed_slice());
+/// loop {
+///     let (res, b) = s.read(buf).await;
+///     if res.unwrap() == 0 {
+///         break;
+///     }
+///     // Sends exactly the bytes just read.
+///     let (res, b) = s.write_all(b).await;
+///     res.unwrap();
+///     buf = b;
+///     buf.clear();
+/// }
+/// // The same, from a full Vec:
+/// let _again = vec![7u8; 16].overwrite();
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Overwrite<B> {
+    buf: B,
+    filled: usize,
+}
+
+impl<B: IoBufMut> Overwrite<B> {
+    /// Offers `buf`'s whole capacity to reads; nothing is filled yet.
+    pub fn new(buf: B) -> Overwrite<B> {
+        Overwrite { buf, filled: 0 }
+    }
+
+    /// How many bytes, from the start, reads have filled.
+    pub fn filled(&self) -> usize {
+        self.filled
+    }
+
+    /// Forgets what was filled, to read again from the start.
+    pub fn clear(&mut self) {
+        self.filled = 0;
+    }
+
+    /// The buffer.
+    pub fn get_ref(&self) -> &B {
+        &self.buf
+    }
+
+    /// The buffer back.
+    pub fn into_inner(self) -> B {
+        self.buf
+    }
+}
+
+// SAFETY: the inner buffer's memory and address; the first `filled` bytes
+// were written by reads (set_init), `filled <= bytes_total`.
+unsafe impl<B: IoBufMut> IoBuf for Overwrite<B> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.buf.stable_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.filled
+    }
+    fn bytes_total(&self) -> usize {
+        self.buf.bytes_total()
+    }
+}
+
+// SAFETY: the inner buffer's whole capacity is writable (its IoBufMut
+// contract); set_init is forwarded with the caller's promise.
+unsafe impl<B: IoBufMut> IoBufMut for Overwrite<B> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.stable_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, pos: usize) {
+        let pos = pos.min(self.buf.bytes_total());
+        self.filled = self.filled.max(pos);
+        // SAFETY: the caller promises bytes 0..pos were written, so they
+        // are initialised in the inner buffer too.
+        unsafe { self.buf.set_init(pos) }
+    }
+}
+
+impl<B: IoBufMut> Deref for Overwrite<B> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the first `filled` bytes were written by reads.
+        unsafe { std::slice::from_raw_parts(self.stable_ptr(), self.filled) }
+    }
+}
+
+impl<B: IoBufMut> DerefMut for Overwrite<B> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let n = self.filled;
+        // SAFETY: as above, and we own the buffer mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.stable_mut_ptr(), n) }
+    }
+}
+
 /// The spare capacity of a buffer as (pointer, length), for reads.
 pub(crate) fn spare<B: IoBufMut>(b: &mut B) -> (*mut u8, usize) {
-    let init = b.bytes_init();
     let total = b.bytes_total();
+    let init = b.bytes_init().min(total);
     // SAFETY: init <= total, so the pointer stays within the allocation.
     (unsafe { b.stable_mut_ptr().add(init) }, total - init)
 }
 
 /// Records that `n` more bytes were written after the initialised ones.
 pub(crate) fn advance<B: IoBufMut>(b: &mut B, n: usize) {
+    if n == 0 {
+        return;
+    }
     let init = b.bytes_init();
     // SAFETY: the kernel (or the syscall) reported writing `n` bytes into
-    // the spare capacity that starts at `init`.
-    unsafe { b.set_init(init + n) }
+    // the spare capacity that starts at `init` (so init + n <= bytes_total;
+    // clamped anyway, never to be trusted blindly).
+    unsafe { b.set_init(init.saturating_add(n).min(b.bytes_total())) }
 }
 
 /// The initialised bytes as (pointer, length), for writes.

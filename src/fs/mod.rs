@@ -161,6 +161,12 @@ impl OpenOptions {
 
 /// An open file. Reads and writes take an offset (`pread`/`pwrite`), so one
 /// file can serve many concurrent ops.
+///
+/// Offsets are `u64` but files end at `i64::MAX`: an offset past it (and,
+/// for the loops `read_exact_at` / `write_all_at` and for `fallocate`, a
+/// range ending past it) is an `InvalidInput` error on both backends,
+/// before anything reaches the kernel (io_uring would read an offset of
+/// `u64::MAX` as "the current position").
 #[derive(Debug)]
 pub struct File {
     fd: Option<OwnedFd>,
@@ -205,6 +211,10 @@ impl File {
     /// Fills `buf`'s spare capacity from `pos`; end of file first is an
     /// `UnexpectedEof` error (the bytes read stay in `buf`).
     pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
+        let want = buf.bytes_total().saturating_sub(buf.bytes_init()) as u64;
+        if let Err(e) = crate::driver::op::rw::check_range(pos, want) {
+            return (Err(e), buf);
+        }
         let mut pos = pos;
         while buf.bytes_init() < buf.bytes_total() {
             let before = buf.bytes_init();
@@ -281,6 +291,7 @@ impl File {
 
     /// Truncates or extends to `len` bytes.
     pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        crate::driver::op::rw::check_offset(len)?;
         let sqe_ok =
             context::current_driver().is_some_and(|d| !d.is_uring() || d.features.ftruncate);
         if sqe_ok {
@@ -342,8 +353,18 @@ impl std::fmt::Debug for Metadata {
     }
 }
 
+/// A statx time; times before 1970 (negative seconds) are fine, and one too
+/// far out for `SystemTime` saturates to the epoch rather than panicking.
 fn ts(t: libc::statx_timestamp) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::new(t.tv_sec as u64, t.tv_nsec)
+    let nanos = Duration::from_nanos(u64::from(t.tv_nsec.min(999_999_999)));
+    let secs = Duration::from_secs(t.tv_sec.unsigned_abs());
+    let at = if t.tv_sec >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(secs)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(secs)
+    };
+    at.and_then(|a| a.checked_add(nanos))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 impl Metadata {

@@ -4,7 +4,8 @@
 //! ([`BufResult`](crate::BufResult)). Reads fill the buffer's spare capacity
 //! (`Vec::with_capacity(n)`, or `clear()` a used one); a read into a buffer
 //! without spare capacity is an `InvalidInput` error rather than a false
-//! end-of-stream.
+//! end-of-stream. To read over a full buffer (a `Box<[u8]>`, a full `Vec`),
+//! wrap it in [`buf::Overwrite`](crate::buf::Overwrite).
 
 mod socket;
 mod tcp;

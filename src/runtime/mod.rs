@@ -98,8 +98,12 @@ impl Builder {
 
     /// Makes the io_uring probe fail as if `io_uring_setup` had returned
     /// `what` (`"EPERM"`, `"ENOSYS"`, `"EINVAL"`, `"disabled"`, `"memlock"`
-    /// fall back; `"ENOMEM"` surfaces). For testing the fallback; the
-    /// environment variable `URINGIO_SIMULATE_SETUP_ERROR` does the same.
+    /// fall back; `"ENOMEM"` surfaces), or, with
+    /// `"missing-opcode:IORING_OP_X"`, set the ring up and then treat
+    /// opcode `X` as absent from the kernel's probe (a required one falls
+    /// back with "opcode IORING_OP_X missing"; an optional one only turns
+    /// its feature off). For testing the fallback; the environment variable
+    /// `URINGIO_SIMULATE_SETUP_ERROR` does the same.
     pub fn simulate_setup_error(mut self, what: &str) -> Builder {
         self.simulate_failure = Some(what.to_string());
         self
@@ -345,9 +349,10 @@ impl EventLoop {
         Handle { cancelled }
     }
 
-    /// Runs `f` after `d`.
+    /// Runs `f` after `d` (a duration past
+    /// [`time::FAR_FUTURE`](crate::time::FAR_FUTURE) is saturated to it).
     pub fn call_later(&self, d: Duration, f: impl FnOnce() + 'static) -> TimerHandle {
-        self.call_at(Instant::now() + d, f)
+        self.call_at(crate::time::deadline_after(d), f)
     }
 
     /// Runs `f` at `t` (or soon after).

@@ -332,10 +332,13 @@ impl LoopInner {
         let timeout = if busy {
             Some(Duration::ZERO)
         } else {
-            self.timers
-                .borrow()
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()))
+            // Capped: a far-future timer must not overflow the driver's
+            // wait (io_uring's timespec, epoll's milliseconds); waking once
+            // in 30 years to find nothing due is harmless.
+            self.timers.borrow().next_deadline().map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(crate::time::FAR_FUTURE)
+            })
         };
         // 4. submit + wait, one system call. While the loop is busy with
         // nothing queued for the kernel, a zero-timeout park is skipped until

@@ -3,6 +3,10 @@
 //!
 //! Timers live in the loop (see `timers`), not in the kernel: a sleeping
 //! future costs one map entry and no SQE.
+//!
+//! Durations too long for the clock (`Duration::MAX`, `u64::MAX` seconds)
+//! never panic: a deadline is at most [`FAR_FUTURE`] (about 30 years)
+//! ahead, as tokio does, which is "never" for a running program.
 
 pub(crate) mod timers;
 
@@ -17,9 +21,29 @@ use crate::runtime::context;
 use crate::runtime::scheduler::LoopInner;
 use timers::TimerKey;
 
-/// Waits until `d` has passed.
+/// The furthest ahead a deadline made from a [`Duration`] goes: 30 years.
+/// Longer durations (`Duration::MAX`) saturate to it instead of
+/// overflowing the clock.
+pub const FAR_FUTURE: Duration = Duration::from_secs(86400 * 365 * 30);
+
+/// `t + d`, saturated: never more than [`FAR_FUTURE`] after `t`, and never
+/// a panic.
+pub(crate) fn saturating_add(t: Instant, d: Duration) -> Instant {
+    let d = d.min(FAR_FUTURE);
+    t.checked_add(d)
+        .or_else(|| t.checked_add(d.min(Duration::from_secs(86400))))
+        .unwrap_or(t)
+}
+
+/// The deadline `d` from now, saturated (see [`FAR_FUTURE`]).
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    saturating_add(Instant::now(), d)
+}
+
+/// Waits until `d` has passed. A duration past [`FAR_FUTURE`] waits that
+/// long (in effect forever).
 pub fn sleep(d: Duration) -> Sleep {
-    sleep_until(Instant::now() + d)
+    sleep_until(deadline_after(d))
 }
 
 /// Waits until `t`.
@@ -102,9 +126,10 @@ impl Drop for Sleep {
 
 /// Runs `f`, giving up after `d` (`asyncio.timeout`, `asyncio.wait_for`).
 /// On timeout `f` is dropped (cancelled) and the result is
-/// `Err(TimeoutError)`.
+/// `Err(TimeoutError)`. A duration past [`FAR_FUTURE`] is saturated to it
+/// (in effect no timeout).
 pub fn timeout<F: Future>(d: Duration, f: F) -> Timeout<F> {
-    timeout_at(Instant::now() + d, f)
+    timeout_at(deadline_after(d), f)
 }
 
 /// Runs `f`, giving up at `t`.
@@ -150,7 +175,9 @@ impl<F: Future> Future for Timeout<F> {
 
 /// A stream of ticks every `period`, the first one at once. Missed ticks
 /// are skipped (the next tick is the next multiple of `period` in the
-/// future), like tokio's `MissedTickBehavior::Skip`.
+/// future), like tokio's `MissedTickBehavior::Skip`: after a stall one late
+/// tick fires, never a burst. A period past [`FAR_FUTURE`] ticks once, then
+/// (in effect) never again.
 ///
 /// # Panics
 /// If `period` is zero.
@@ -191,12 +218,7 @@ impl Interval {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
                 let at = self.next;
-                let now = Instant::now();
-                let mut next = at + self.period;
-                if next <= now {
-                    let behind = now.duration_since(at).as_nanos() / self.period.as_nanos();
-                    next = at + self.period * (behind as u32 + 1);
-                }
+                let next = next_tick(at, self.period, Instant::now());
                 self.next = next;
                 self.sleep.reset(next);
                 Poll::Ready(at)
@@ -210,10 +232,83 @@ impl Interval {
     }
 }
 
+/// The tick after the one scheduled at `at`, seen at `now`: the first
+/// `at + k * period` (k >= 1) after `now`, missed ones skipped. The
+/// arithmetic is on u128 nanoseconds and saturates (at [`FAR_FUTURE`] past
+/// `at`), so no stall, however long, wraps it into the past.
+fn next_tick(at: Instant, period: Duration, now: Instant) -> Instant {
+    let p = period.as_nanos().max(1);
+    let behind = now.saturating_duration_since(at).as_nanos() / p;
+    let k = behind.saturating_add(1);
+    let off = p.saturating_mul(k);
+    let off = if off >= FAR_FUTURE.as_nanos() {
+        FAR_FUTURE
+    } else {
+        // Below FAR_FUTURE, so it fits in u64 nanoseconds.
+        Duration::from_nanos(off as u64)
+    };
+    saturating_add(at, off)
+}
+
 impl futures_core::Stream for Interval {
     type Item = Instant;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
         self.poll_tick(cx).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_tick_skips_missed_ticks_without_wrapping() {
+        let at = Instant::now();
+        let ns = Duration::from_nanos(1);
+        // On time: the next period.
+        assert_eq!(next_tick(at, ns * 10, at), at + ns * 10);
+        assert_eq!(next_tick(at, ns * 10, at + ns * 9), at + ns * 10);
+        // Exactly on a later tick: the one after it.
+        assert_eq!(next_tick(at, ns * 10, at + ns * 10), at + ns * 20);
+        // Behind by more than 2^32 periods (a u32 count would wrap to 0 and
+        // schedule the next tick in the past).
+        for behind in [1u64 << 32, (1u64 << 32) + 1, 1u64 << 33, 1u64 << 40] {
+            for period_ns in [1u64, 3] {
+                let period = Duration::from_nanos(period_ns);
+                let now = at + Duration::from_nanos(behind * period_ns + 1);
+                let next = next_tick(at, period, now);
+                assert!(next > now, "behind {behind}: next tick in the past");
+                assert!(
+                    next <= now + period,
+                    "behind {behind}: more than one period skipped past now"
+                );
+            }
+        }
+        // Huge periods saturate instead of panicking.
+        let next = next_tick(at, Duration::MAX, at);
+        assert!(next >= at + FAR_FUTURE - Duration::from_secs(1));
+        let next = next_tick(
+            at,
+            Duration::from_secs(u64::MAX),
+            at + Duration::from_secs(5),
+        );
+        assert!(next > at + Duration::from_secs(5));
+    }
+
+    #[test]
+    fn saturating_add_never_panics() {
+        let t = Instant::now();
+        assert_eq!(saturating_add(t, Duration::MAX), t + FAR_FUTURE);
+        assert_eq!(
+            saturating_add(t, Duration::from_secs(u64::MAX)),
+            t + FAR_FUTURE
+        );
+        assert_eq!(
+            saturating_add(t, Duration::from_secs(1)),
+            t + Duration::from_secs(1)
+        );
+        let far = t + FAR_FUTURE;
+        assert!(saturating_add(far, Duration::MAX) >= far);
     }
 }

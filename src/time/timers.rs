@@ -102,8 +102,17 @@ impl Timers {
             return Some(at);
         };
         let g = GRANULARITY.as_nanos();
-        let up = since.as_nanos().div_ceil(g) * g;
-        Some(self.origin + Duration::from_nanos(up.min(u64::MAX as u128) as u64))
+        let up = since.as_nanos().div_ceil(g).saturating_mul(g);
+        // Far-future deadlines (past u64 nanoseconds from the origin) are
+        // not rounded: the loop only needs to wake no earlier than `at`.
+        match u64::try_from(up) {
+            Ok(up) => Some(
+                self.origin
+                    .checked_add(Duration::from_nanos(up))
+                    .unwrap_or(at),
+            ),
+            Err(_) => Some(at),
+        }
     }
 
     /// Removes every timer due at `now`, in deadline order.

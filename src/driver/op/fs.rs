@@ -195,6 +195,11 @@ impl Fallocate {
 impl OpCode for Fallocate {
     type Output = io::Result<()>;
 
+    fn check(&self) -> io::Result<()> {
+        super::rw::check_range(self.offset, self.len)?;
+        super::rw::check_offset(self.len)
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
         opcode::Fallocate::new(types::Fd(self.fd), self.len)
             .offset(self.offset)
@@ -230,6 +235,10 @@ impl Ftruncate {
 
 impl OpCode for Ftruncate {
     type Output = io::Result<()>;
+
+    fn check(&self) -> io::Result<()> {
+        super::rw::check_offset(self.len)
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         opcode::Ftruncate::new(types::Fd(self.fd), self.len).build()

@@ -36,6 +36,32 @@ macro_rules! on_target {
 /// buffers are done in several ops (`write_all`) or partially.
 const MAX_RW: usize = 0x7fff_f000;
 
+/// Refuses a file offset the kernel would read as negative: io_uring takes
+/// -1 as "the current position" (a write would land elsewhere), pread and
+/// pwrite say `EINVAL`. Both backends give this error instead.
+pub(crate) fn check_offset(offset: u64) -> io::Result<()> {
+    if offset > i64::MAX as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file offset {offset} is past i64::MAX"),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a file range `offset..offset + len` that does not fit in i64
+/// (a positional loop would step past i64::MAX).
+pub(crate) fn check_range(offset: u64, len: u64) -> io::Result<()> {
+    check_offset(offset)?;
+    match offset.checked_add(len) {
+        Some(end) if end <= i64::MAX as u64 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("file range {offset}..+{len} ends past i64::MAX"),
+        )),
+    }
+}
+
 fn cvt(r: isize) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -158,7 +184,7 @@ impl<B: IoBufMut> OpCode for Read<B> {
         if self.len == 0 {
             return Err(super::rw::no_spare_capacity());
         }
-        Ok(())
+        self.offset.map_or(Ok(()), check_offset)
     }
 
     fn sqe(&mut self) -> squeue::Entry {
@@ -252,6 +278,10 @@ impl<B: IoBuf> OpCode for Write<B> {
         self.fixed = FixedFd::on(self.fixed, driver);
     }
 
+    fn check(&self) -> io::Result<()> {
+        self.offset.map_or(Ok(()), check_offset)
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
         if self.socket {
             on_target!(self.fixed, self.fd, |t| opcode::Send::new(
@@ -330,7 +360,7 @@ impl<B: IoBufMut> OpCode for ReadV<B> {
         if self.iov.iter().all(|v| v.iov_len == 0) {
             return Err(super::rw::no_spare_capacity());
         }
-        Ok(())
+        self.offset.map_or(Ok(()), check_offset)
     }
 
     fn sqe(&mut self) -> squeue::Entry {
@@ -417,6 +447,10 @@ impl<B: IoBuf> WriteV<B> {
 impl<B: IoBuf> OpCode for WriteV<B> {
     type Output = crate::buf::BufResult<usize, Vec<B>>;
 
+    fn check(&self) -> io::Result<()> {
+        self.offset.map_or(Ok(()), check_offset)
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
         if self.socket {
             self.fill_msg();
@@ -471,8 +505,14 @@ pub(crate) async fn write_all<B: IoBuf>(
     fixed: Option<FixedFd>,
 ) -> crate::buf::BufResult<(), B> {
     let total = buf.bytes_init();
+    if let Some(o) = offset {
+        if let Err(e) = check_range(o, total as u64) {
+            return (Err(e), buf);
+        }
+    }
     let mut done = 0;
     while done < total {
+        // Cannot overflow: the whole range fits in i64 (checked above).
         let at = offset.map(|o| o + done as u64);
         let (res, slice) =
             super::Op::new(Write::new(fd, buf.slice(done..total), at, socket).fixed(fixed)).await;
@@ -500,6 +540,6 @@ pub(crate) async fn write_all<B: IoBuf>(
 pub(crate) fn no_spare_capacity() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        "read buffer has no spare capacity (len == capacity): pass Vec::with_capacity(n) or clear() it",
+        "read buffer has no spare capacity (len == capacity): pass Vec::with_capacity(n), clear() it, or wrap it in buf::Overwrite",
     )
 }

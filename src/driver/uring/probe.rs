@@ -19,29 +19,77 @@ pub(crate) enum SetupError {
     Io(io::Error),
 }
 
-/// Required opcodes: without them `Auto` uses epoll.
-const REQUIRED: &[(u8, &str)] = &[
-    (opcode::Read::CODE, "READ"),
-    (opcode::Write::CODE, "WRITE"),
-    (opcode::Readv::CODE, "READV"),
-    (opcode::Writev::CODE, "WRITEV"),
-    (opcode::Accept::CODE, "ACCEPT"),
-    (opcode::Connect::CODE, "CONNECT"),
-    (opcode::Send::CODE, "SEND"),
-    (opcode::Recv::CODE, "RECV"),
-    (opcode::SendMsg::CODE, "SENDMSG"),
-    (opcode::RecvMsg::CODE, "RECVMSG"),
-    (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
-    (opcode::OpenAt::CODE, "OPENAT"),
-    (opcode::Statx::CODE, "STATX"),
-    (opcode::Fsync::CODE, "FSYNC"),
-    (opcode::Fallocate::CODE, "FALLOCATE"),
-    (opcode::Close::CODE, "CLOSE"),
-    (opcode::Shutdown::CODE, "SHUTDOWN"),
-    (opcode::RenameAt::CODE, "RENAMEAT"),
-    (opcode::UnlinkAt::CODE, "UNLINKAT"),
-    (opcode::MkDirAt::CODE, "MKDIRAT"),
+/// One io_uring opcode the crate may build: its code, its kernel name
+/// (after `IORING_OP_`), and the `io_uring::opcode` type that builds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opcode {
+    pub(crate) code: u8,
+    pub(crate) name: &'static str,
+    /// Read by the test that keeps the lists and the SQEs in step.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) builder: &'static str,
+}
+
+const fn op(code: u8, name: &'static str, builder: &'static str) -> Opcode {
+    Opcode {
+        code,
+        name,
+        builder,
+    }
+}
+
+/// Exactly the opcodes the ops build unconditionally (`opcode::X::new` in
+/// src/driver/op/ and the ring's own wake-up read and cancel in
+/// src/driver/uring/mod.rs): without one of them `Auto` uses epoll. A unit
+/// test below reads those sources and fails if this list and the SQEs
+/// drift apart. See uring-sys-notes/probe.md.
+pub(crate) const REQUIRED: &[Opcode] = &[
+    op(opcode::Read::CODE, "READ", "Read"),
+    op(opcode::Write::CODE, "WRITE", "Write"),
+    op(opcode::Readv::CODE, "READV", "Readv"),
+    op(opcode::Writev::CODE, "WRITEV", "Writev"),
+    op(opcode::Accept::CODE, "ACCEPT", "Accept"),
+    op(opcode::Connect::CODE, "CONNECT", "Connect"),
+    op(opcode::Send::CODE, "SEND", "Send"),
+    op(opcode::Recv::CODE, "RECV", "Recv"),
+    op(opcode::SendMsg::CODE, "SENDMSG", "SendMsg"),
+    op(opcode::RecvMsg::CODE, "RECVMSG", "RecvMsg"),
+    op(opcode::PollAdd::CODE, "POLL_ADD", "PollAdd"),
+    op(opcode::AsyncCancel::CODE, "ASYNC_CANCEL", "AsyncCancel"),
+    op(opcode::OpenAt::CODE, "OPENAT", "OpenAt"),
+    op(opcode::Statx::CODE, "STATX", "Statx"),
+    op(opcode::Fsync::CODE, "FSYNC", "Fsync"),
+    op(opcode::Fallocate::CODE, "FALLOCATE", "Fallocate"),
+    op(opcode::Close::CODE, "CLOSE", "Close"),
+    op(opcode::RenameAt::CODE, "RENAMEAT", "RenameAt"),
+    op(opcode::UnlinkAt::CODE, "UNLINKAT", "UnlinkAt"),
+    op(opcode::MkDirAt::CODE, "MKDIRAT", "MkDirAt"),
 ];
+
+/// Opcodes used only where the probe finds them (features, see
+/// `Features`), or probed only to infer a feature: never a reason to fall
+/// back.
+pub(crate) const OPTIONAL: &[Opcode] = &[
+    // Multishot accept rides on ACCEPT; inferred from SOCKET (5.19).
+    op(opcode::Accept::CODE, "ACCEPT", "AcceptMulti"),
+    op(opcode::Socket::CODE, "SOCKET", "Socket"),
+    op(opcode::SendZc::CODE, "SEND_ZC", "SendZc"),
+    op(opcode::MsgRingData::CODE, "MSG_RING", "MsgRingData"),
+    op(opcode::WaitId::CODE, "WAITID", "WaitId"),
+    op(opcode::Ftruncate::CODE, "FTRUNCATE", "Ftruncate"),
+];
+
+/// The opcode a `missing-opcode:IORING_OP_X` simulation names, upper-case
+/// and without the `IORING_OP_` prefix.
+fn simulated_missing(simulate: Option<&str>) -> Option<String> {
+    let s = simulate?.trim();
+    let (head, name) = s.split_once(':')?;
+    if !head.trim().eq_ignore_ascii_case("missing-opcode") {
+        return None;
+    }
+    let name = name.trim().to_ascii_uppercase();
+    Some(name.strip_prefix("IORING_OP_").unwrap_or(&name).to_string())
+}
 
 fn errno_name(e: i32) -> &'static str {
     match e {
@@ -132,7 +180,10 @@ impl Uring {
         wake_fd: RawFd,
         simulate: Option<&str>,
     ) -> Result<(Uring, Features), SetupError> {
-        if let Some(s) = simulate {
+        // "missing-opcode:IORING_OP_X" sets the ring up for real and then
+        // treats X as absent from the probe; other values fail set-up.
+        let missing = simulated_missing(simulate);
+        if let (Some(s), None) = (simulate, &missing) {
             return Err(simulated(s));
         }
         let entries = cfg.entries.clamp(8, 32768).next_power_of_two();
@@ -188,10 +239,18 @@ impl Uring {
                 "IORING_REGISTER_PROBE failed: {e}"
             )));
         }
-        for (code, name) in REQUIRED {
-            if !probe.is_supported(*code) {
+        let has =
+            |code: u8, name: &str| probe.is_supported(code) && missing.as_deref() != Some(name);
+        for o in REQUIRED {
+            if !has(o.code, o.name) {
+                let how = if probe.is_supported(o.code) {
+                    " [simulated]"
+                } else {
+                    " per IORING_REGISTER_PROBE"
+                };
                 return Err(SetupError::Refused(format!(
-                    "opcode IORING_OP_{name} missing per IORING_REGISTER_PROBE"
+                    "opcode IORING_OP_{} missing{how}",
+                    o.name
                 )));
             }
         }
@@ -210,8 +269,13 @@ impl Uring {
         // Opcodes that arrived with the features we cannot probe directly:
         // IORING_OP_SOCKET with multishot accept and buffer rings (5.19),
         // IORING_OP_SEND_ZC with multishot receive (6.0).
-        let five_nineteen = probe.is_supported(opcode::Socket::CODE);
-        let six_zero = probe.is_supported(opcode::SendZc::CODE);
+        let optional = |name: &str| {
+            OPTIONAL
+                .iter()
+                .any(|o| o.name == name && has(o.code, o.name))
+        };
+        let five_nineteen = optional("SOCKET");
+        let six_zero = optional("SEND_ZC");
         let features = Features {
             io_uring: true,
             kernel: String::new(),
@@ -225,9 +289,9 @@ impl Uring {
             recv_multishot: six_zero,
             buf_ring: five_nineteen,
             send_zc: six_zero,
-            msg_ring: probe.is_supported(opcode::MsgRingData::CODE),
-            waitid: probe.is_supported(opcode::WaitId::CODE),
-            ftruncate: probe.is_supported(opcode::Ftruncate::CODE),
+            msg_ring: optional("MSG_RING"),
+            waitid: optional("WAITID"),
+            ftruncate: optional("FTRUNCATE"),
             fixed_files: files,
         };
         Ok((
@@ -248,5 +312,84 @@ impl Uring {
             },
             features,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sources that build SQEs.
+    const SOURCES: &[(&str, &str)] = &[
+        ("op/fs.rs", include_str!("../op/fs.rs")),
+        ("op/mod.rs", include_str!("../op/mod.rs")),
+        ("op/net.rs", include_str!("../op/net.rs")),
+        ("op/rw.rs", include_str!("../op/rw.rs")),
+        ("op/signal.rs", include_str!("../op/signal.rs")),
+        ("op/sock.rs", include_str!("../op/sock.rs")),
+        ("uring/mod.rs", include_str!("mod.rs")),
+    ];
+
+    /// Every `opcode::X::new` in the sources, with the file it is in.
+    fn built() -> Vec<(String, &'static str)> {
+        let mut out = Vec::new();
+        for (file, src) in SOURCES {
+            for (i, _) in src.match_indices("opcode::") {
+                let rest = &src[i + "opcode::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if rest[name.len()..].starts_with("::new") {
+                    out.push((name, *file));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn required_opcodes_are_exactly_the_ones_built() {
+        let built = built();
+        assert!(
+            built.len() >= REQUIRED.len(),
+            "found too few SQEs: {built:?}"
+        );
+        // Each SQE built is required or a probed feature...
+        for (name, file) in &built {
+            assert!(
+                REQUIRED.iter().chain(OPTIONAL).any(|o| o.builder == name),
+                "{file} builds opcode::{name}: add it to REQUIRED or OPTIONAL in probe.rs"
+            );
+        }
+        // ...and each required opcode is built somewhere.
+        for o in REQUIRED {
+            assert!(
+                built.iter().any(|(n, _)| n == o.builder),
+                "IORING_OP_{} is required but no op builds opcode::{}",
+                o.name,
+                o.builder
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_is_not_required() {
+        assert!(REQUIRED.iter().all(|o| o.name != "SHUTDOWN"));
+        assert!(REQUIRED.iter().all(|o| o.code != opcode::Shutdown::CODE));
+    }
+
+    #[test]
+    fn simulated_missing_opcode_parses() {
+        assert_eq!(
+            simulated_missing(Some("missing-opcode:IORING_OP_RECV")).as_deref(),
+            Some("RECV")
+        );
+        assert_eq!(
+            simulated_missing(Some("Missing-Opcode: recv")).as_deref(),
+            Some("RECV")
+        );
+        assert_eq!(simulated_missing(Some("EPERM")), None);
+        assert_eq!(simulated_missing(None), None);
     }
 }
