@@ -1,28 +1,40 @@
 //! The epoll backend: try the system call, on `EAGAIN` wait for readiness.
 //!
 //! Each fd an op waits on is registered once, edge-triggered, for input and
-//! output; its state holds the wakers of the ops waiting to read and to
-//! write. Ops always try their system call before waiting, so an edge that
-//! fired while nobody waited is never needed, with one exception: a stream
-//! read that came back short drained the socket, so the next read on that
-//! fd waits for an input edge without trying first (the `EAGAIN` it would
-//! get costs a system call per message in request/response traffic; tokio
-//! does the same). Any input edge, even one nobody waited for, clears that
-//! mark, so no data that arrived later is missed. Regular-file ops, which epoll
-//! cannot wait on, run on the loop's blocking pool: the op's boxed data stays
-//! put while a pool thread performs it, and the result comes back through the
-//! loop's remote queue.
+//! output; its state holds the waiters (a token and a waker) of the ops
+//! waiting to read and to write. An op removes its waiter when it
+//! completes, is dropped or moves to another loop, so idle sockets
+//! collect nothing. Ops always try their system call before waiting, so an
+//! edge that fired while nobody waited is never needed, with one exception:
+//! a stream read that came back short drained the socket, so the next read
+//! on that fd waits for an input edge without trying first (the `EAGAIN` it
+//! would get costs a system call per message in request/response traffic;
+//! tokio does the same). Any input edge, even one nobody waited for, clears
+//! that mark, so no data that arrived later is missed.
 //!
-//! ## Pool slot states
+//! ## Which loop knows an fd
+//! Registrations live in a [`Registry`] per epoll instance; the thread
+//! keeps a weak list of its registries. When a socket closes, every
+//! registry on the thread forgets the fd ([`fd_closing`]) — the socket
+//! does not need to know which loops waited on it, so a socket made outside
+//! any loop, or used in several `Runner`s, cannot leave a stale
+//! registration that would keep the next fd with its number out of epoll.
+//!
+//! ## Blocking pool
+//! Regular-file ops, which epoll cannot wait on, run on the blocking pool:
+//! the op's boxed data stays put while a pool thread performs it; the
+//! thread stores the result in the job's [`JobState`], pushes the slot key
+//! into the driver's inbox and unparks the loop ([`Unpark`]); `park`
+//! drains the inbox.
 //! ```text
-//! Running(waker) ──pool done──▶ Done(res) ──op polls──▶ removed
-//!      └─op dropped─▶ Abandoned(data) ──pool done──▶ removed, data freed
+//! slot{waker} ──pool reports──▶ slot{reported} ──op polls──▶ removed, result taken
+//!      └─op dropped / moved─▶ slot{abandoned} ──pool reports──▶ removed, data freed
 //! ```
 //! A dropped op must not be performed later: its fd may be closed and the
 //! number reused by another file by then. So each job claims its op before
-//! running it ([`JobState`]); dropping the op skips a job still queued, and
-//! waits for one already inside its system call (a bounded file syscall)
-//! to return. After `abandon_blocking` no pool thread touches the op.
+//! running it; dropping the op skips a job still queued, and waits for one
+//! already inside its system call (a bounded file syscall) to return. After
+//! `abandon_blocking` or `detach_blocking` no pool thread touches the op.
 
 use std::any::Any;
 use std::cell::RefCell;
