@@ -9,8 +9,8 @@
 //! waits for completions in one system call. The driver is a leaf: it knows
 //! ops, rings, epoll and the blocking pool, and nothing of the scheduler,
 //! tasks or the loop. Whoever runs a loop makes its driver the thread's
-//! [`current`] one while it runs (ops go to it), and gives the driver an
-//! [`Unpark`] to wake the loop when a blocking-pool job finishes.
+//! `current` one while it runs (ops go to it), and gives the driver an
+//! `Unpark` hook to wake the loop when a blocking-pool job finishes.
 //!
 //! Public items here: [`Features`] (what the kernel supports, probed once per
 //! loop), [`stats`] (counters), [`Canceller`] (ends an op early but still
