@@ -39,6 +39,7 @@ pub mod signal;
 pub mod sync;
 pub mod task;
 pub mod time;
+pub mod transport;
 
 pub use buf::BufResult;
 pub use future::Promise;

@@ -66,6 +66,31 @@ impl TcpListener {
         })
     }
 
+    /// Binds and listens on one address with the given options (for the
+    /// transport layer's servers). IPv6 sockets are `IPV6_V6ONLY`, so a
+    /// server can listen on `::` and `0.0.0.0` at once, as asyncio's do.
+    pub(crate) fn bind_opts(
+        a: &SocketAddr,
+        reuse_port: bool,
+        backlog: i32,
+    ) -> io::Result<TcpListener> {
+        let fd = ops::socket(domain(a), libc::SOCK_STREAM)?;
+        let raw = fd.as_raw_fd();
+        ops::setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        if reuse_port {
+            ops::setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        if a.is_ipv6() {
+            ops::setsockopt_int(raw, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+        }
+        ops::bind(raw, a)?;
+        ops::listen(raw, backlog)?;
+        Ok(TcpListener {
+            sock: Socket::new(fd),
+            backlog: FdBacklog::default(),
+        })
+    }
+
     /// Binds and listens on `addr` (`SO_REUSEADDR` set, backlog 1024).
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         Self::bind_with(addr, false)

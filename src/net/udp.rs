@@ -43,6 +43,24 @@ impl UdpSocket {
         })
     }
 
+    /// Binds to one address, with `SO_REUSEPORT` if asked (for the
+    /// transport layer's datagram endpoints).
+    pub(crate) fn bind_opts(a: &SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+        let d = if a.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        let fd = ops::socket(d, libc::SOCK_DGRAM)?;
+        if reuse_port {
+            ops::setsockopt_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        ops::bind(fd.as_raw_fd(), a)?;
+        Ok(UdpSocket {
+            sock: Socket::new(fd),
+        })
+    }
+
     /// Sets the default peer for [`send`](Self::send) and filters
     /// [`recv`](Self::recv) to it.
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
