@@ -661,3 +661,353 @@ asyncio.run(main())
         let _ = child.wait();
     });
 }
+
+/// Echoes datagrams back to their sender; counts errors.
+#[derive(Default)]
+struct UdpEcho {
+    t: Option<transport::DatagramTransport>,
+    got: Vec<(Vec<u8>, std::net::SocketAddr)>,
+    echo: bool,
+    errors: Vec<io::ErrorKind>,
+    lost: bool,
+}
+
+impl transport::DatagramProtocol for UdpEcho {
+    fn connection_made(&mut self, t: transport::DatagramTransport) {
+        self.t = Some(t);
+    }
+    fn datagram_received(&mut self, data: &[u8], addr: std::net::SocketAddr) {
+        if self.echo {
+            self.t.as_ref().unwrap().sendto(data, Some(addr)).unwrap();
+        }
+        self.got.push((data.to_vec(), addr));
+    }
+    fn error_received(&mut self, exc: io::Error) {
+        self.errors.push(exc.kind());
+    }
+    fn connection_lost(&mut self, _exc: Option<io::Error>) {
+        self.lost = true;
+        self.t = None;
+    }
+}
+
+#[test]
+fn datagram_endpoints_unconnected_and_connected_lose_nothing() {
+    on_both(20, |_| async {
+        let local: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (st, sp) = transport::create_datagram_endpoint(
+            || UdpEcho {
+                echo: true,
+                ..UdpEcho::default()
+            },
+            Some(local),
+            None::<std::net::SocketAddr>,
+        )
+        .await
+        .unwrap();
+        let server = st.sockname().unwrap();
+        assert_eq!(st.peername(), None);
+        // Connected client: sendto without an address goes to the remote.
+        let (ct, cp) = transport::create_datagram_endpoint(
+            UdpEcho::default,
+            None::<std::net::SocketAddr>,
+            Some(server),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ct.peername(), Some(server));
+        let other: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(
+            ct.sendto(b"x", Some(other)).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            st.sendto(b"x", None).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        // 1,000 datagrams in lock-step windows of 50, so no socket buffer
+        // can overflow: every one comes back, in order, with its content.
+        for w in 0..20u32 {
+            for i in 0..50u32 {
+                ct.sendto(&(w * 50 + i).to_le_bytes(), None).unwrap();
+            }
+            let want = ((w + 1) * 50) as usize;
+            until(|| cp.borrow().got.len() == want).await;
+        }
+        let got: Vec<u32> = cp
+            .borrow()
+            .got
+            .iter()
+            .map(|(d, a)| {
+                assert_eq!(*a, server);
+                u32::from_le_bytes(d[..4].try_into().unwrap())
+            })
+            .collect();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        assert_eq!(sp.borrow().got.len(), 1000);
+        ct.close();
+        st.close();
+        until(|| cp.borrow().lost && sp.borrow().lost).await;
+        assert!(ct.is_closing());
+        assert_eq!(
+            ct.sendto(b"late", None).unwrap_err().kind(),
+            io::ErrorKind::NotConnected
+        );
+    });
+}
+
+#[test]
+fn connected_datagram_endpoint_reports_port_unreachable() {
+    on_both(20, |_| async {
+        // A port nobody listens on: the kernel answers with ICMP
+        // port-unreachable, which a connected socket reports.
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let (t, p) = transport::create_datagram_endpoint(
+            UdpEcho::default,
+            None::<std::net::SocketAddr>,
+            Some(dead_addr),
+        )
+        .await
+        .unwrap();
+        for _ in 0..50 {
+            t.sendto(b"anyone?", None).unwrap();
+            uringio::sleep(Duration::from_millis(5)).await;
+            if !p.borrow().errors.is_empty() {
+                break;
+            }
+        }
+        let errs = p.borrow().errors.clone();
+        assert!(
+            errs.contains(&io::ErrorKind::ConnectionRefused),
+            "errors: {errs:?}"
+        );
+        // The endpoint goes on after an error.
+        assert!(!t.is_closing());
+        t.close();
+    });
+}
+
+#[test]
+fn datagram_options_reuse_port_and_broadcast() {
+    on_both(20, |_| async {
+        let opts = transport::DatagramOptions::new()
+            .local_addr("127.0.0.1:0".parse().unwrap())
+            .reuse_port(true)
+            .allow_broadcast(true);
+        let (a, _pa) = transport::create_datagram_endpoint_with(UdpEcho::default, &opts)
+            .await
+            .unwrap();
+        let port = a.sockname().unwrap();
+        let opts2 = transport::DatagramOptions::new()
+            .local_addr(port)
+            .reuse_port(true);
+        let (b, _pb) = transport::create_datagram_endpoint_with(UdpEcho::default, &opts2)
+            .await
+            .unwrap();
+        assert_eq!(b.sockname(), Some(port));
+        let none = transport::DatagramOptions::new();
+        let e = transport::create_datagram_endpoint_with(UdpEcho::default, &none).await;
+        assert_eq!(e.err().map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+        a.close();
+        b.abort();
+    });
+}
+
+#[test]
+fn pipe_transports_read_and_write_with_flow_control() {
+    on_both(20, |_| async {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (rt, rp) = transport::connect_read_pipe(Sink::default, r)
+            .await
+            .unwrap();
+        let (wt, wp) = transport::connect_write_pipe(Sink::default, w)
+            .await
+            .unwrap();
+        assert!(!wt.can_write_eof() || wt.can_write_eof());
+        let data = pattern(4 << 20, 9);
+        rt.pause_reading();
+        wt.write(&data);
+        // The reader is paused: the pipe fills and the writer pauses.
+        until(|| wp.borrow().paused > 0).await;
+        assert!(rp.borrow().data.is_empty());
+        rt.resume_reading();
+        wt.write_eof();
+        until(|| rp.borrow().lost.is_some()).await;
+        assert_eq!(rp.borrow().data, data);
+        assert!(rp.borrow().eof);
+        until(|| wp.borrow().lost.is_some()).await;
+        assert_eq!(wp.borrow().lost, Some(None));
+        assert!(wp.borrow().resumed > 0);
+    });
+}
+
+#[test]
+fn write_pipe_whose_reader_went_away_fails_with_broken_pipe() {
+    on_both(20, |_| async {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let (t, p) = transport::connect_write_pipe(Sink::default, w)
+            .await
+            .unwrap();
+        t.write(b"nobody reads this");
+        until(|| p.borrow().lost.is_some()).await;
+        assert_eq!(p.borrow().lost, Some(Some(io::ErrorKind::BrokenPipe)));
+    });
+}
+
+/// Sends `total` bytes (flow-controlled) and checks what comes back.
+struct RoundTrip {
+    t: Option<Transport>,
+    data: Rc<Vec<u8>>,
+    sent: usize,
+    paused: bool,
+    back: Vec<u8>,
+    lost: bool,
+    pauses: u32,
+}
+
+impl RoundTrip {
+    fn pump(&mut self) {
+        let t = self.t.clone().unwrap();
+        while self.sent < self.data.len() && !self.paused {
+            let n = (256 << 10).min(self.data.len() - self.sent);
+            t.write(&self.data[self.sent..self.sent + n]);
+            self.sent += n;
+            if t.get_write_buffer_size() > t.get_write_buffer_limits().1 {
+                break;
+            }
+        }
+        if self.sent == self.data.len() {
+            t.write_eof();
+        }
+    }
+}
+
+impl Protocol for RoundTrip {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+        self.pump();
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        assert_eq!(
+            data,
+            &self.data[self.back.len()..self.back.len() + data.len()]
+        );
+        self.back.extend_from_slice(data);
+    }
+    fn eof_received(&mut self) -> bool {
+        false
+    }
+    fn pause_writing(&mut self) {
+        self.paused = true;
+        self.pauses += 1;
+    }
+    fn resume_writing(&mut self) {
+        self.paused = false;
+        self.pump();
+    }
+    fn connection_lost(&mut self, exc: Option<io::Error>) {
+        assert!(exc.is_none(), "{exc:?}");
+        self.lost = true;
+        self.t = None;
+    }
+}
+
+/// An echo server that respects flow control as asyncio's examples do:
+/// paused for writing, it pauses reading.
+#[derive(Default)]
+struct FlowEcho {
+    t: Option<Transport>,
+}
+
+impl Protocol for FlowEcho {
+    fn connection_made(&mut self, t: Transport) {
+        self.t = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        self.t.as_ref().unwrap().write(data);
+    }
+    fn pause_writing(&mut self) {
+        self.t.as_ref().unwrap().pause_reading();
+    }
+    fn resume_writing(&mut self) {
+        self.t.as_ref().unwrap().resume_reading();
+    }
+    fn eof_received(&mut self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn sixty_four_mib_each_way_with_flow_control_engaged() {
+    on_both(60, |_| async {
+        let server = transport::create_server(FlowEcho::default, "127.0.0.1:0")
+            .await
+            .unwrap();
+        let data = Rc::new(pattern(64 << 20, 11));
+        let d2 = data.clone();
+        let (_t, p) = transport::create_connection(
+            move || RoundTrip {
+                t: None,
+                data: d2,
+                sent: 0,
+                paused: false,
+                back: Vec::new(),
+                lost: false,
+                pauses: 0,
+            },
+            server.local_addrs()[0],
+        )
+        .await
+        .unwrap();
+        until(|| p.borrow().lost).await;
+        let p = p.borrow();
+        assert_eq!(p.back.len(), data.len());
+        assert!(p.pauses > 0, "flow control never engaged");
+        server.close();
+        server.wait_closed().await;
+    });
+}
+
+#[test]
+fn server_serve_forever_returns_on_close_and_listens_on_every_address() {
+    on_both(20, |_| async {
+        let server = transport::create_server(Echo::default, "localhost:0")
+            .await
+            .unwrap();
+        let addrs = server.local_addrs();
+        assert!(!addrs.is_empty());
+        // Every resolved address serves, on one port.
+        for a in &addrs {
+            assert_eq!(a.port(), addrs[0].port());
+            std::net::TcpStream::connect(a).unwrap();
+        }
+        let s2 = server.clone();
+        let forever = uringio::spawn(async move { s2.serve_forever().await });
+        uringio::sleep(Duration::from_millis(10)).await;
+        assert!(!forever.is_finished());
+        server.close();
+        forever.await.unwrap();
+        server.wait_closed().await;
+        // reuse_port: two servers on one port.
+        let opts = transport::ServerOptions::new().reuse_port(true).backlog(16);
+        let a = transport::create_server_with(Echo::default, "127.0.0.1:0", &opts)
+            .await
+            .unwrap();
+        let port = a.local_addrs()[0];
+        let b = transport::create_server_with(Echo::default, port, &opts)
+            .await
+            .unwrap();
+        assert_eq!(b.local_addrs()[0], port);
+        // Without it, the port is taken: a clear error naming it.
+        let e = transport::create_server(Echo::default, port)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains(&port.to_string()), "{e}");
+        a.close();
+        b.close();
+    });
+}
