@@ -963,9 +963,11 @@ fn sixty_four_mib_each_way_with_flow_control_engaged() {
         .await
         .unwrap();
         until(|| p.borrow().lost).await;
-        let p = p.borrow();
-        assert_eq!(p.back.len(), data.len());
-        assert!(p.pauses > 0, "flow control never engaged");
+        {
+            let p = p.borrow();
+            assert_eq!(p.back.len(), data.len());
+            assert!(p.pauses > 0, "flow control never engaged");
+        }
         server.close();
         server.wait_closed().await;
     });
