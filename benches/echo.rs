@@ -21,7 +21,9 @@
 //! - `ECHO_SIZES`  message sizes in bytes, comma-separated (default 1024)
 //! - `ECHO_ROUNDS` rounds of all servers, alternated (default 3)
 //! - `ECHO_CONNS`  connections (default 64)
-//! - `ECHO_ONLY`   comma-separated subset of `uring,epoll,tokio,monoio`
+//! - `ECHO_ONLY`   comma-separated subset of
+//!   `uring,epoll,uring-proto,epoll-proto,tokio,monoio` (the `-proto`
+//!   servers use the transport layer: a `Protocol` echo)
 //! - `ECHO_CLIENT` `uringio` (default) or `tokio`: the load generator
 //! - `ECHO_QUIET_WAIT` seconds to wait before each run for other processes
 //!   to use under 0.1 CPU (default 30; 0 to not wait). Runs that still saw
@@ -59,14 +61,18 @@ const SERVER_BUF: usize = 64 * 1024;
 enum Server {
     UringIo,
     Epoll,
+    UringProto,
+    EpollProto,
     Tokio,
     Monoio,
 }
 
 impl Server {
-    const ALL: [Server; 4] = [
+    const ALL: [Server; 6] = [
         Server::UringIo,
         Server::Epoll,
+        Server::UringProto,
+        Server::EpollProto,
         Server::Tokio,
         Server::Monoio,
     ];
@@ -75,6 +81,8 @@ impl Server {
         match self {
             Server::UringIo => "uringio io_uring",
             Server::Epoll => "uringio epoll",
+            Server::UringProto => "uringio io_uring Protocol",
+            Server::EpollProto => "uringio epoll Protocol",
             Server::Tokio => "tokio current_thread",
             Server::Monoio => "monoio io_uring",
         }
@@ -84,6 +92,8 @@ impl Server {
         match self {
             Server::UringIo => "uring",
             Server::Epoll => "epoll",
+            Server::UringProto => "uring-proto",
+            Server::EpollProto => "epoll-proto",
             Server::Tokio => "tokio",
             Server::Monoio => "monoio",
         }
@@ -202,6 +212,8 @@ fn start_server(kind: Server) -> RunningServer {
             match kind {
                 Server::UringIo => uringio_server(Backend::IoUring, tx),
                 Server::Epoll => uringio_server(Backend::Epoll, tx),
+                Server::UringProto => uringio_protocol_server(Backend::IoUring, tx),
+                Server::EpollProto => uringio_protocol_server(Backend::Epoll, tx),
                 Server::Tokio => tokio_server(tx),
                 Server::Monoio => monoio_server(tx),
             }
@@ -269,6 +281,44 @@ fn uringio_server(backend: Backend, ready: Ready) {
             }
         })
         .detach();
+        let stop = move || handle.stop();
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+    });
+    rt.run_forever();
+}
+
+/// The transport layer's echo: a `Protocol` that writes back what it gets.
+struct EchoProtocol(Option<uringio::transport::Transport>);
+
+impl uringio::transport::Protocol for EchoProtocol {
+    fn connection_made(&mut self, t: uringio::transport::Transport) {
+        self.0 = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.0 {
+            t.write(data);
+        }
+    }
+    fn connection_lost(&mut self, _: Option<std::io::Error>) {
+        self.0 = None;
+    }
+}
+
+fn uringio_protocol_server(backend: Backend, ready: Ready) {
+    let mut rt = Runner::builder()
+        .backend(backend)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a uringio loop on {backend}: {e}"));
+    assert_eq!(rt.backend(), backend);
+    let handle = rt.handle();
+    rt.run(async move {
+        let server = uringio::transport::create_server(|| EchoProtocol(None), "127.0.0.1:0")
+            .await
+            .expect("create_server");
+        let addr = server.local_addrs()[0];
+        std::mem::forget(server);
         let stop = move || handle.stop();
         ready
             .send((addr, Box::new(stop)))

@@ -209,7 +209,7 @@ impl Core {
     fn schedule(&self, f: impl FnOnce(&mut dyn DatagramProtocol) + 'static) {
         if let Some(p) = self.protocol() {
             get_running_loop().call_soon(move || {
-                guarded(&p, f);
+                call_protocol(&p, f);
             });
         }
     }
@@ -220,7 +220,7 @@ impl Core {
         let Some(p) = self.protocol() else {
             return false;
         };
-        if guarded(&p, f) {
+        if call_protocol(&p, f) {
             return true;
         }
         self.lose(Some(io::Error::other("protocol callback panicked")));
@@ -249,9 +249,54 @@ impl Core {
         let proto = self.proto.borrow_mut().take();
         get_running_loop().call_soon(move || {
             if let Some(p) = proto {
-                guarded(&p, |p| p.connection_lost(exc));
+                call_protocol(&p, |p| p.connection_lost(exc));
             }
         });
+    }
+}
+
+/// Dropped with a task's future before the task finished (its loop is
+/// closing with the endpoint open): lets go of the protocol, which holds
+/// the transport, so the pair is freed; debug mode reports it unclosed.
+struct TaskGuard {
+    core: Rc<Core>,
+    done: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let report = {
+            let mut st = self.core.st.borrow_mut();
+            if st.lost {
+                return;
+            }
+            st.lost = true;
+            !st.closing
+        };
+        drop(self.core.proto.borrow_mut().take());
+        drop(self.core.sock.borrow_mut().take());
+        if report && self.core.debug && !self.core.closed_by_user.get() {
+            log::warn!(
+                "uringio: unclosed datagram transport on {:?} (remote {:?}) dropped",
+                self.core.local,
+                self.core.remote
+            );
+        }
+    }
+}
+
+fn guarded(
+    core: Rc<Core>,
+    task: impl std::future::Future<Output = ()>,
+) -> impl std::future::Future<Output = ()> {
+    let g = TaskGuard { core, done: false };
+    async move {
+        let mut g = g;
+        task.await;
+        g.done = true;
     }
 }
 
@@ -268,7 +313,7 @@ impl Drop for Core {
 }
 
 /// Runs `f` on the protocol, reporting a panic; `false` if it panicked.
-fn guarded(
+fn call_protocol(
     p: &Rc<RefCell<dyn DatagramProtocol>>,
     f: impl FnOnce(&mut dyn DatagramProtocol),
 ) -> bool {
@@ -438,8 +483,10 @@ pub async fn create_datagram_endpoint_with<P: DatagramProtocol>(
         closed_by_user: Cell::new(false),
         debug: get_running_loop().get_debug(),
     });
-    *core.writer.borrow_mut() = Some(crate::spawn(writer(core.clone(), sock.clone())));
-    *core.reader.borrow_mut() = Some(crate::spawn(reader(core.clone(), sock.clone())));
+    let w = guarded(core.clone(), writer(core.clone(), sock.clone()));
+    *core.writer.borrow_mut() = Some(crate::spawn(w));
+    let r = guarded(core.clone(), reader(core.clone(), sock.clone()));
+    *core.reader.borrow_mut() = Some(crate::spawn(r));
     drop(sock);
     let t = DatagramTransport { core: core.clone() };
     core.call(|p| p.connection_made(t.clone()));

@@ -521,17 +521,80 @@ impl Core {
     }
 }
 
+impl Core {
+    /// A task of this transport was dropped before it finished, other than
+    /// by `close`/`abort`: its loop is closing with the transport still
+    /// open. Let go of the protocol and the socket (the protocol holds the
+    /// transport: without this the pair would never be freed), and in
+    /// debug mode report the transport as unclosed (asyncio's
+    /// ResourceWarning). No `connection_lost`: the loop is gone.
+    fn abandoned(&self, by_reader: bool) {
+        let report = {
+            let mut st = self.st.borrow_mut();
+            if st.lost || (by_reader && st.closing) {
+                return;
+            }
+            st.lost = true;
+            !st.closing
+        };
+        drop(self.proto.borrow_mut().take());
+        drop(self.conn.borrow_mut().take());
+        drop(self.on_lost.borrow_mut().take());
+        if report && self.debug && !self.closed_by_user.get() {
+            self.report_unclosed();
+        }
+    }
+
+    fn report_unclosed(&self) {
+        log::warn!(
+            "uringio: unclosed transport to {} dropped (call close() or abort())",
+            self.peer
+                .as_ref()
+                .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
+        );
+    }
+}
+
 impl Drop for Core {
     fn drop(&mut self) {
-        let st = self.st.get_mut();
-        if self.debug && !st.lost && !self.closed_by_user.get() {
-            log::warn!(
-                "uringio: unclosed transport to {} dropped (call close() or abort())",
-                self.peer
-                    .as_ref()
-                    .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
-            );
+        if self.debug && !self.st.get_mut().lost && !self.closed_by_user.get() {
+            self.report_unclosed();
         }
+    }
+}
+
+/// Held by a transport task while it runs; dropped with the task's future
+/// before the task finished, it tells the core ([`Core::abandoned`]).
+struct TaskGuard {
+    core: Rc<Core>,
+    reader: bool,
+    done: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.abandoned(self.reader);
+        }
+    }
+}
+
+/// Runs `task`, noting if it is dropped before it finishes (even before
+/// its first poll: the guard is made here, outside the future).
+fn guarded_task(
+    core: Rc<Core>,
+    reader: bool,
+    task: impl Future<Output = ()>,
+) -> impl Future<Output = ()> {
+    let g = TaskGuard {
+        core,
+        reader,
+        done: false,
+    };
+    async move {
+        let mut g = g;
+        task.await;
+        g.done = true;
     }
 }
 
@@ -587,10 +650,12 @@ pub(crate) fn start<C: Conn>(
     });
     let t = Transport { core: core.clone() };
     if conn.writable() {
-        *core.writer.borrow_mut() = Some(crate::spawn(writer(core.clone(), conn.clone())));
+        let task = guarded_task(core.clone(), false, writer(core.clone(), conn.clone()));
+        *core.writer.borrow_mut() = Some(crate::spawn(task));
     }
     if conn.readable() {
-        *core.reader.borrow_mut() = Some(crate::spawn(reader(core.clone(), conn.clone())));
+        let task = guarded_task(core.clone(), true, reader(core.clone(), conn.clone()));
+        *core.reader.borrow_mut() = Some(crate::spawn(task));
     }
     drop(conn);
     core.call(|p| p.connection_made(t.clone()));
