@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use uringio::transport::{self, Protocol, Transport};
 
 static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// The tests share the log: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Capture;
 
@@ -46,6 +48,7 @@ fn unclosed_reports() -> Vec<String> {
 
 #[test]
 fn unclosed_transport_is_reported_in_debug_mode_with_its_peer() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let _ = log::set_logger(&Capture);
     log::set_max_level(log::LevelFilter::Warn);
     for b in common::backends() {
@@ -111,6 +114,8 @@ impl transport::DatagramProtocol for Dg {
 
 #[test]
 fn unclosed_datagram_transport_is_reported_in_debug_mode() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    LOG.lock().unwrap().clear();
     let _ = log::set_logger(&Capture);
     log::set_max_level(log::LevelFilter::Warn);
     for b in common::backends() {
@@ -128,7 +133,6 @@ fn unclosed_datagram_transport_is_reported_in_debug_mode() {
             )
             .await
             .unwrap();
-            std::mem::forget(t.clone());
             drop(t);
         });
         drop(r);
