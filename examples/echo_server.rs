@@ -1,8 +1,12 @@
 //! A TCP echo server: every byte received on a connection is written back.
 //!
 //! ```text
-//! cargo run --release --example echo_server -- [ADDR] [--backend epoll|io_uring|auto]
+//! cargo run --release --example echo_server -- [ADDR] [--backend epoll|io_uring|auto] [--api ops|protocol]
 //! ```
+//! `--api ops` (the default, the faster of the two today: see README's
+//! benchmark table) runs a task per connection with owned-buffer `read` /
+//! `write_all`; `--api protocol` serves through the transport layer
+//! (`transport::create_server` with an echo `Protocol`).
 //! `ADDR` defaults to `127.0.0.1:7000`. Without `--backend` the loop picks
 //! io_uring when the kernel allows it and falls back to epoll otherwise
 //! (`URINGIO_BACKEND` overrides that choice). Runs until killed; on SIGINT
@@ -34,15 +38,36 @@ fn out_of_resources(e: &std::io::Error) -> bool {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: echo_server [ADDR] [--backend epoll|io_uring|auto]");
+    eprintln!("usage: echo_server [ADDR] [--backend epoll|io_uring|auto] [--api ops|protocol]");
     std::process::exit(2);
 }
 
-fn parse_args() -> (SocketAddr, Backend) {
+/// Which layer serves the connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Ops,
+    Protocol,
+}
+
+fn parse_args() -> (SocketAddr, Backend, Api) {
     let mut addr: SocketAddr = "127.0.0.1:7000".parse().expect("default address");
     let mut backend = Backend::Auto;
+    let mut api = Api::Ops;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        let api_value = match a.as_str() {
+            "--api" => Some(args.next().unwrap_or_else(|| usage())),
+            s if s.starts_with("--api=") => Some(s["--api=".len()..].to_string()),
+            _ => None,
+        };
+        if let Some(v) = api_value {
+            api = match v.as_str() {
+                "ops" => Api::Ops,
+                "protocol" => Api::Protocol,
+                _ => usage(),
+            };
+            continue;
+        }
         let value = match a.as_str() {
             "--backend" => args.next().unwrap_or_else(|| usage()),
             "-h" | "--help" => usage(),
@@ -63,7 +88,24 @@ fn parse_args() -> (SocketAddr, Backend) {
             _ => usage(),
         };
     }
-    (addr, backend)
+    (addr, backend, api)
+}
+
+/// The transport layer's echo: writes back what it receives.
+struct EchoProtocol(Option<uringio::transport::Transport>);
+
+impl uringio::transport::Protocol for EchoProtocol {
+    fn connection_made(&mut self, t: uringio::transport::Transport) {
+        self.0 = Some(t);
+    }
+    fn data_received(&mut self, data: &[u8]) {
+        if let Some(t) = &self.0 {
+            t.write(data);
+        }
+    }
+    fn connection_lost(&mut self, _: Option<std::io::Error>) {
+        self.0 = None;
+    }
 }
 
 /// Echoes until the peer closes (or the connection fails).
@@ -88,7 +130,7 @@ async fn echo(stream: TcpStream) {
 }
 
 fn main() {
-    let (addr, backend) = parse_args();
+    let (addr, backend, api) = parse_args();
     let mut runner = match Runner::builder().backend(backend).build() {
         Ok(r) => r,
         Err(e) => {
@@ -101,6 +143,22 @@ fn main() {
         None => println!("backend: {}", runner.backend()),
     }
     runner.run(async move {
+        if api == Api::Protocol {
+            // The server backs off on EMFILE itself and serves until the
+            // loop stops.
+            match uringio::transport::create_server(|| EchoProtocol(None), addr).await {
+                Ok(server) => println!("listening on {} (protocol)", server.local_addrs()[0]),
+                Err(e) => {
+                    eprintln!("echo_server: cannot listen on {addr}: {e}");
+                    std::process::exit(1);
+                }
+            }
+            let mut int = uringio::signal::signal(libc::SIGINT);
+            let mut term = uringio::signal::signal(libc::SIGTERM);
+            futures_util::future::select(int.next(), term.next()).await;
+            let _ = writeln!(std::io::stdout(), "echo_server: stopping");
+            return;
+        }
         let listener = match TcpListener::bind(addr) {
             Ok(l) => l,
             Err(e) => {

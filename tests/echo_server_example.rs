@@ -63,6 +63,11 @@ asyncio.run(main(int(sys.argv[1])))
 
 /// Starts the example on a free port; returns it with the port.
 fn start(backend: &str, fd_limit: Option<u32>) -> (Guard, u16) {
+    start_with(backend, fd_limit, &[])
+}
+
+/// [`start`] with extra arguments (`--api protocol`).
+fn start_with(backend: &str, fd_limit: Option<u32>, extra: &[&str]) -> (Guard, u16) {
     let mut cmd = match fd_limit {
         // `exec` keeps the pid: the signal goes to the server itself.
         Some(n) => {
@@ -76,6 +81,7 @@ fn start(backend: &str, fd_limit: Option<u32>) -> (Guard, u16) {
     };
     let child = cmd
         .args(["127.0.0.1:0", "--backend", backend])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -107,6 +113,7 @@ fn start(backend: &str, fd_limit: Option<u32>) -> (Guard, u16) {
             }
         }
         if let Some(a) = line.trim().strip_prefix("listening on ") {
+            let a = a.trim_end_matches(" (protocol)");
             port = Some(a.rsplit(':').next().unwrap().parse::<u16>().unwrap());
         }
     }
@@ -139,7 +146,11 @@ fn stop(mut g: Guard, backend: &str) -> String {
 }
 
 fn run(backend: &str) {
-    let (g, port) = start(backend, None);
+    run_with(backend, &[]);
+}
+
+fn run_with(backend: &str, extra: &[&str]) {
+    let (g, port) = start_with(backend, None, extra);
     let client = Command::new("python3")
         .args(["-c", CLIENT, &port.to_string()])
         .output()
@@ -243,4 +254,12 @@ fn echo_server_example_on_auto() {
 #[test]
 fn echo_server_example_on_epoll() {
     run("epoll");
+}
+
+/// `--api protocol`: the same clients, served by the transport layer.
+#[test]
+fn echo_server_example_protocol_api() {
+    for b in common::backends() {
+        run_with(&b.to_string(), &["--api", "protocol"]);
+    }
 }
