@@ -260,6 +260,8 @@ impl Core {
 /// the transport, so the pair is freed; debug mode reports it unclosed.
 struct TaskGuard {
     core: Rc<Core>,
+    /// The reader: cancelled by `close()` too, which the writer finishes.
+    reader: bool,
     done: bool,
 }
 
@@ -270,7 +272,7 @@ impl Drop for TaskGuard {
         }
         let report = {
             let mut st = self.core.st.borrow_mut();
-            if st.lost {
+            if st.lost || (self.reader && st.closing) {
                 return;
             }
             st.lost = true;
@@ -290,9 +292,14 @@ impl Drop for TaskGuard {
 
 fn guarded(
     core: Rc<Core>,
+    reader: bool,
     task: impl std::future::Future<Output = ()>,
 ) -> impl std::future::Future<Output = ()> {
-    let g = TaskGuard { core, done: false };
+    let g = TaskGuard {
+        core,
+        reader,
+        done: false,
+    };
     async move {
         let mut g = g;
         task.await;
@@ -483,9 +490,9 @@ pub async fn create_datagram_endpoint_with<P: DatagramProtocol>(
         closed_by_user: Cell::new(false),
         debug: get_running_loop().get_debug(),
     });
-    let w = guarded(core.clone(), writer(core.clone(), sock.clone()));
+    let w = guarded(core.clone(), false, writer(core.clone(), sock.clone()));
     *core.writer.borrow_mut() = Some(crate::spawn(w));
-    let r = guarded(core.clone(), reader(core.clone(), sock.clone()));
+    let r = guarded(core.clone(), true, reader(core.clone(), sock.clone()));
     *core.reader.borrow_mut() = Some(crate::spawn(r));
     drop(sock);
     let t = DatagramTransport { core: core.clone() };
