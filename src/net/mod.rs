@@ -1,4 +1,6 @@
-//! Sockets on owned buffers: [`TcpListener`], [`TcpStream`], [`UdpSocket`].
+//! Sockets on owned buffers: [`TcpListener`], [`TcpStream`], [`UdpSocket`],
+//! and Unix-domain sockets ([`UnixListener`], [`UnixStream`],
+//! [`UnixDatagram`]).
 //!
 //! Every op takes its buffer by value and hands it back with the result
 //! ([`BufResult`](crate::BufResult)). Reads fill the buffer's spare capacity
@@ -10,10 +12,15 @@
 mod socket;
 mod tcp;
 mod udp;
+mod unix;
 
 pub(crate) use socket::Socket;
 pub use tcp::{Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;
+pub use unix::{
+    UCred, UnixDatagram, UnixIncoming, UnixListener, UnixReadHalf, UnixSocketAddr, UnixStream,
+    UnixWriteHalf,
+};
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
