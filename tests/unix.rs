@@ -357,6 +357,43 @@ fn thousand_datagrams_on_a_pair_none_lost() {
     });
 }
 
+/// An unbound sender whose receiver's queue is full (more than
+/// `net.unix.max_dgram_qlen` datagrams waiting): `send_to` waits and
+/// retries on both backends (io_uring completes such a send with
+/// `EAGAIN` at once); every datagram arrives, in order.
+#[test]
+fn send_to_a_full_receiver_waits() {
+    let _serial = serial();
+    let qlen: usize = std::fs::read_to_string("/proc/sys/net/unix/max_dgram_qlen")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(10);
+    let n = (qlen + 20).min(2000);
+    on_both(30, |b| async move {
+        let name = abstract_name("fullq");
+        let r = UnixDatagram::bind_addr(&name).unwrap();
+        let s = UnixDatagram::unbound().unwrap();
+        let sender = uringio::spawn(async move {
+            for i in 0..n as u32 {
+                let (res, _) = s.send_to_addr(i.to_le_bytes().to_vec(), &name).await;
+                assert_eq!(res.unwrap(), 4, "{b}: datagram {i}");
+            }
+        });
+        // Let the queue fill up before anything is read.
+        uringio::sleep(Duration::from_millis(20)).await;
+        assert!(!sender.is_finished(), "{b}: the queue never filled");
+        for i in 0..n as u32 {
+            let (res, buf) = r.recv(Vec::with_capacity(8)).await;
+            assert_eq!(res.unwrap(), 4);
+            assert_eq!(buf, i.to_le_bytes(), "{b}: in order");
+            if i % 7 == 0 {
+                uringio::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        sender.await.unwrap();
+    });
+}
+
 /// A pipe: (read end, write end).
 fn pipe() -> (std::fs::File, std::fs::File) {
     let mut fds = [0; 2];

@@ -1,17 +1,21 @@
 //! Unix datagram sockets: [`UnixDatagram`].
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use super::{MapOp, UnixSocketAddr};
 use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
-use crate::driver::Cancellable;
 use crate::driver::op::net as ops;
 use crate::driver::op::sock::RawAddr;
 use crate::driver::op::unix as uops;
 use crate::driver::op::{Op, unix::Received};
+use crate::driver::{Cancellable, Canceller};
 use crate::net::Socket;
 
 /// A Unix-domain datagram socket. Datagrams keep their boundaries and,
@@ -20,11 +24,12 @@ use crate::net::Socket;
 ///
 /// One Linux limit to know: an *unconnected* sender whose receiver's
 /// queue is full (`net.unix.max_dgram_qlen` datagrams, often 10 or 512)
-/// gets `EAGAIN` with no readiness event for when the receiver drains, so
-/// [`send_to`](Self::send_to) may wait until the sender's own socket next
-/// becomes writable. Connected sockets ([`connect`](Self::connect),
-/// [`pair`](Self::pair)) are woken by the receiver and do not have this
-/// problem: use them for bulk traffic.
+/// gets `EAGAIN`, and only the receiver consuming one of *its* datagrams
+/// wakes it. [`send_to`](Self::send_to) waits for that wake-up on epoll,
+/// and retries after a growing pause (1 ms to 50 ms) where the kernel
+/// gives no wake-up (io_uring completes the send with `EAGAIN`). Connected
+/// sockets ([`connect`](Self::connect), [`pair`](Self::pair)) are woken by
+/// the receiver: use them for bulk traffic.
 pub struct UnixDatagram {
     sock: Socket,
 }
@@ -135,12 +140,20 @@ impl UnixDatagram {
 
     /// A bad address fails the op when it is first polled, with the buffer
     /// handed back.
-    fn send_to_raw<B: IoBuf>(&self, buf: B, addr: io::Result<RawAddr>) -> Op<uops::SendMsg<B>> {
+    fn send_to_raw<B: IoBuf>(&self, buf: B, addr: io::Result<RawAddr>) -> SendTo<'_, B> {
         let (raw, bad) = match addr {
             Ok(r) => (Some(r), None),
             Err(e) => (None, Some(e)),
         };
-        Op::new(uops::SendMsg::new(self.sock.fd(), buf, raw, &[], false).fail_with(bad))
+        let op = Op::new(uops::SendMsg::new(self.sock.fd(), buf, raw, &[], false).fail_with(bad));
+        SendTo {
+            sock: self,
+            addr: raw,
+            op: Some(op),
+            pause: None,
+            delay: Duration::from_millis(1),
+            canceller: None,
+        }
     }
 
     /// Receives a datagram and its sender's address (unnamed if the sender
@@ -190,6 +203,70 @@ impl UnixDatagram {
         UnixSocketAddr::from_raw(&uops::raw_name(self.sock.fd(), true)?)
     }
 }
+
+/// The future of [`UnixDatagram::send_to`]: a `SendMsg` op, sent again
+/// after a pause when the kernel answers `EAGAIN` at once.
+///
+/// That happens on io_uring when the receiver's queue is full
+/// (`net.unix.max_dgram_qlen`): the sender's socket polls writable, so
+/// the kernel's retry gives up and completes the SQE with `-EAGAIN`. On
+/// epoll the op waits for the sender's next writable edge instead (the
+/// receiver consuming one of its datagrams). Pauses grow 1 ms → 50 ms.
+struct SendTo<'a, B: IoBuf> {
+    sock: &'a UnixDatagram,
+    addr: Option<RawAddr>,
+    op: Option<Op<uops::SendMsg<B>>>,
+    pause: Option<(Pin<Box<crate::time::Sleep>>, B)>,
+    delay: Duration,
+    canceller: Option<Canceller>,
+}
+
+// Nothing in it is pinned: the op is `Unpin`, the buffer is only held.
+impl<B: IoBuf> Unpin for SendTo<'_, B> {}
+
+impl<B: IoBuf> Future for SendTo<'_, B> {
+    type Output = BufResult<usize, B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            if let Some(op) = &mut this.op {
+                let (res, buf) = std::task::ready!(Pin::new(op).poll(cx));
+                this.op = None;
+                match res {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let sleep = Box::pin(crate::time::sleep(this.delay));
+                        this.delay = (this.delay * 2).min(MAX_PAUSE);
+                        this.pause = Some((sleep, buf));
+                    }
+                    r => return Poll::Ready((r, buf)),
+                }
+            }
+            if let Some((sleep, _)) = &mut this.pause {
+                std::task::ready!(sleep.as_mut().poll(cx));
+                let (_, buf) = this.pause.take().expect("paused");
+                let op = uops::SendMsg::new(this.sock.sock.fd(), buf, this.addr, &[], false);
+                let mut op = Op::new(op);
+                if let Some(c) = &this.canceller {
+                    // A canceller fired during the pause ends it here.
+                    op = op.with_canceller(c);
+                }
+                this.op = Some(op);
+            }
+        }
+    }
+}
+
+impl<B: IoBuf> Cancellable for SendTo<'_, B> {
+    fn with_canceller(mut self, c: &Canceller) -> Self {
+        self.op = self.op.take().map(|op| op.with_canceller(c));
+        self.canceller = Some(c.clone());
+        self
+    }
+}
+
+/// Longest pause between sends the kernel refused with `EAGAIN`.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 impl AsRawFd for UnixDatagram {
     fn as_raw_fd(&self) -> RawFd {
