@@ -607,3 +607,97 @@ fn dropping_incoming_keeps_the_connections_it_already_took() {
         assert_eq!(ok, CONNS, "{b}: clients that got their echo");
     });
 }
+
+/// Host names resolve (on the blocking pool): `localhost` works offline
+/// through /etc/hosts, in each accepted form.
+#[test]
+fn connect_resolves_localhost() {
+    on_both(20, |b| async move {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepts = uringio::spawn(async move {
+            for _ in 0..3 {
+                l.accept().await.unwrap();
+            }
+        });
+        // `localhost` may resolve to ::1 first, where nothing listens:
+        // connect then tries the next address.
+        let a = TcpStream::connect(format!("localhost:{port}"))
+            .await
+            .unwrap();
+        let c = TcpStream::connect(("localhost", port)).await.unwrap();
+        let host = String::from("localhost");
+        let d = TcpStream::connect((host, port)).await.unwrap();
+        for s in [&a, &c, &d] {
+            assert_eq!(s.peer_addr().unwrap().port(), port, "{b}");
+        }
+        accepts.await.unwrap();
+        let e = TcpStream::connect("localhost").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{b}: {e}");
+        let e = TcpStream::connect("localhost:http").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{b}: {e}");
+    });
+}
+
+/// While a host name is being looked up the loop keeps running: with the
+/// one blocking-pool thread held busy, a `localhost` connect waits (its
+/// lookup is queued on the pool) while timers keep firing and a numeric
+/// connect, which needs no lookup, goes through; released, it completes.
+#[test]
+fn name_lookup_runs_on_the_pool_not_the_loop() {
+    for b in common::backends() {
+        let mut r = uringio::Runner::builder()
+            .backend(b)
+            .blocking_threads(1)
+            .build()
+            .unwrap();
+        r.run(async move {
+            uringio::timeout(std::time::Duration::from_secs(20), async move {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = l.local_addr().unwrap().port();
+                let accepts = uringio::spawn(async move {
+                    for _ in 0..2 {
+                        l.accept().await.unwrap();
+                    }
+                });
+                let lp = uringio::get_running_loop();
+                let (release, wait) = std::sync::mpsc::channel::<()>();
+                let (started_tx, started) = std::sync::mpsc::channel::<()>();
+                let blocker = lp.run_in_executor(move || {
+                    started_tx.send(()).unwrap();
+                    wait.recv().unwrap();
+                });
+                let blocker = uringio::spawn(blocker);
+                // The pool thread is busy before the lookup is queued.
+                while started.try_recv().is_err() {
+                    uringio::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                let by_name =
+                    uringio::spawn(async move { TcpStream::connect(("localhost", port)).await });
+                let mut ticks = 0;
+                for _ in 0..10 {
+                    uringio::sleep(std::time::Duration::from_millis(2)).await;
+                    ticks += 1;
+                }
+                assert_eq!(ticks, 10);
+                assert!(
+                    !by_name.is_finished(),
+                    "{b}: the lookup did not wait for the pool"
+                );
+                // Numeric: no lookup, no pool.
+                let numeric = TcpStream::connect(format!("127.0.0.1:{port}"))
+                    .await
+                    .unwrap();
+                assert!(!by_name.is_finished(), "{b}");
+                release.send(()).unwrap();
+                let s = by_name.await.unwrap().unwrap();
+                assert_eq!(s.peer_addr().unwrap().port(), port);
+                blocker.await.unwrap();
+                accepts.await.unwrap();
+                drop(numeric);
+            })
+            .await
+            .unwrap_or_else(|_| panic!("test timed out on {b}"));
+        });
+    }
+}

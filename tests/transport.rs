@@ -1013,3 +1013,62 @@ fn server_serve_forever_returns_on_close_and_listens_on_every_address() {
         b.close();
     });
 }
+
+#[test]
+fn unix_server_and_connection_path_and_abstract() {
+    on_both(20, |_| async {
+        let dir = common::TempDir::new("transport-unix");
+        let path = dir.path("echo.sock");
+        // A stale socket file from an earlier run is removed.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = transport::create_unix_server(
+            || Echo {
+                half_close: true,
+                ..Echo::default()
+            },
+            &path,
+        )
+        .await
+        .unwrap();
+        assert!(server.local_addrs().is_empty());
+        assert_eq!(server.sock_names().len(), 1);
+        let (t, p) = transport::create_unix_connection(Sink::default, &path)
+            .await
+            .unwrap();
+        assert!(matches!(t.peername(), Some(transport::SockAddr::Unix(_))));
+        let data = pattern(1 << 20, 13);
+        t.write(&data);
+        t.write_eof();
+        until(|| p.borrow().lost.is_some()).await;
+        let mut want = data.clone();
+        want.extend_from_slice(b"bye");
+        assert_eq!(p.borrow().data, want);
+        server.close();
+        server.wait_closed().await;
+        assert!(!path.exists(), "socket file left behind");
+
+        // Not a socket: never removed, a clear error instead.
+        std::fs::write(&path, b"precious").unwrap();
+        let e = transport::create_unix_server(Echo::default, &path)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+
+        // Abstract names.
+        let name = format!("uringio-transport-{}", std::process::id());
+        let addr = uringio::net::UnixSocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let server = transport::create_unix_server_addr(Echo::default, &addr)
+            .await
+            .unwrap();
+        let (t, p) = transport::create_unix_connection_addr(Sink::default, &addr)
+            .await
+            .unwrap();
+        t.write(b"abstract");
+        t.write_eof();
+        until(|| p.borrow().lost.is_some()).await;
+        assert_eq!(p.borrow().data, b"abstract");
+        server.close();
+    });
+}

@@ -1,4 +1,6 @@
-//! Sockets on owned buffers: [`TcpListener`], [`TcpStream`], [`UdpSocket`].
+//! Sockets on owned buffers: [`TcpListener`], [`TcpStream`], [`UdpSocket`],
+//! and Unix-domain sockets ([`UnixListener`], [`UnixStream`],
+//! [`UnixDatagram`]).
 //!
 //! Every op takes its buffer by value and hands it back with the result
 //! ([`BufResult`](crate::BufResult)). Reads fill the buffer's spare capacity
@@ -7,19 +9,30 @@
 //! end-of-stream. To read over a full buffer (a `Box<[u8]>`, a full `Vec`),
 //! wrap it in [`buf::Overwrite`](crate::buf::Overwrite).
 
+mod resolve;
 mod socket;
 mod tcp;
 mod udp;
+mod unix;
 
+pub use resolve::ToSocketAddrs;
+pub(crate) use resolve::resolve_async;
 pub(crate) use socket::Socket;
 pub use tcp::{Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;
+pub(crate) use unix::remove_stale_socket;
+pub use unix::{
+    UCred, UnixDatagram, UnixIncoming, UnixListener, UnixReadHalf, UnixSocketAddr, UnixStream,
+    UnixWriteHalf,
+};
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 
-/// Resolves `addr` (no DNS wait for literal addresses).
-pub(crate) fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+/// Resolves `addr` synchronously, for the set-up calls that are not async
+/// (`bind`, UDP `connect`): instant for literal addresses, but a host name
+/// blocks the calling thread in `getaddrinfo`.
+pub(crate) fn resolve(addr: impl std::net::ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
     let v: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
     if v.is_empty() {
         return Err(io::Error::new(

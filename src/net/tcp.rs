@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use super::{Socket, each_addr, resolve};
+use super::{Socket, ToSocketAddrs as ConnectAddrs, each_addr, resolve, resolve_async};
 use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
@@ -92,6 +92,11 @@ impl TcpListener {
     }
 
     /// Binds and listens on `addr` (`SO_REUSEADDR` set, backlog 1024).
+    ///
+    /// `bind` is not async: a host name in `addr` is resolved right here
+    /// with `getaddrinfo`, blocking the thread (instant for `"localhost"`
+    /// and numeric addresses). To bind to a name that needs DNS, resolve
+    /// it first with [`EventLoop::getaddrinfo`](crate::EventLoop::getaddrinfo).
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<TcpListener> {
         Self::bind_with(addr, false)
     }
@@ -257,8 +262,14 @@ impl TcpStream {
     }
 
     /// Connects to `addr`, trying each resolved address in turn.
-    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
-        let addrs = resolve(addr)?;
+    ///
+    /// A numeric address (`SocketAddr`, `"1.2.3.4:80"`, `"[::1]:80"`,
+    /// `(IpAddr, u16)`, `("10.0.0.1", 80)`) is parsed in place; a host name
+    /// (`"localhost:80"`, `("example.com", 443)`) is looked up with
+    /// `getaddrinfo` on the loop's blocking pool, so a slow lookup never
+    /// stalls the loop. See [`ToSocketAddrs`](super::ToSocketAddrs).
+    pub async fn connect(addr: impl ConnectAddrs) -> io::Result<TcpStream> {
+        let addrs = resolve_async(&addr).await?;
         let mut last = None;
         for a in &addrs {
             match Self::connect_one(a).await {

@@ -26,7 +26,8 @@ impl std::fmt::Debug for UdpSocket {
 }
 
 impl UdpSocket {
-    /// Binds to `addr`.
+    /// Binds to `addr`. Not async: a host name is resolved here, blocking
+    /// the thread (see [`TcpListener::bind`](super::TcpListener::bind)).
     pub fn bind(addr: impl ToSocketAddrs) -> io::Result<UdpSocket> {
         let addrs = resolve(addr)?;
         each_addr(&addrs, |a| {
@@ -62,7 +63,8 @@ impl UdpSocket {
     }
 
     /// Sets the default peer for [`send`](Self::send) and filters
-    /// [`recv`](Self::recv) to it.
+    /// [`recv`](Self::recv) to it. Immediate; a host name is resolved
+    /// here, blocking the thread.
     pub fn connect(&self, addr: impl ToSocketAddrs) -> io::Result<()> {
         let addrs = resolve(addr)?;
         each_addr(&addrs, |a| ops::connect_now(self.sock.fd(), a))

@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -432,8 +432,8 @@ async fn writer(core: Rc<Core>, sock: Rc<UdpSocket>) {
 /// is needed.
 pub async fn create_datagram_endpoint<P: DatagramProtocol>(
     factory: impl FnOnce() -> P,
-    local_addr: Option<impl ToSocketAddrs>,
-    remote_addr: Option<impl ToSocketAddrs>,
+    local_addr: Option<impl crate::net::ToSocketAddrs>,
+    remote_addr: Option<impl crate::net::ToSocketAddrs>,
 ) -> io::Result<(DatagramTransport, Rc<RefCell<P>>)> {
     let mut opts = DatagramOptions::default();
     if let Some(a) = local_addr {

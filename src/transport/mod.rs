@@ -51,8 +51,13 @@ pub use datagram::{
     DatagramOptions, DatagramTransport, create_datagram_endpoint, create_datagram_endpoint_with,
 };
 pub use pipe::{connect_read_pipe, connect_write_pipe};
-pub use server::{Server, ServerOptions, create_server, create_server_with};
-pub use stream::{SockAddr, Transport, create_connection};
+pub use server::{
+    Server, ServerOptions, create_server, create_server_with, create_unix_server,
+    create_unix_server_addr,
+};
+pub use stream::{
+    SockAddr, Transport, create_connection, create_unix_connection, create_unix_connection_addr,
+};
 
 use std::io;
 use std::net::SocketAddr;

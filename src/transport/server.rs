@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,9 +15,48 @@ use std::time::Duration;
 use futures_core::Stream;
 
 use super::Protocol;
-use super::stream::start;
-use crate::net::{TcpListener, TcpStream};
+use super::stream::{Conn, SockAddr, start};
+use crate::net::{TcpListener, TcpStream, UnixListener, UnixSocketAddr, UnixStream};
 use crate::task::Task;
+
+/// A listening socket a server accepts from.
+pub(crate) trait Listen: 'static {
+    /// What it accepts.
+    type Conn: Conn;
+    /// Its stream of connections.
+    type Incoming<'a>: Stream<Item = io::Result<Self::Conn>> + Unpin
+    where
+        Self: 'a;
+    fn incoming(&self) -> Self::Incoming<'_>;
+    fn fd(&self) -> std::os::fd::RawFd;
+    /// Per-connection set-up (TCP: no Nagle delay).
+    fn prepare(_c: &Self::Conn) {}
+}
+
+impl Listen for TcpListener {
+    type Conn = TcpStream;
+    type Incoming<'a> = crate::net::Incoming<'a>;
+    fn incoming(&self) -> Self::Incoming<'_> {
+        TcpListener::incoming(self)
+    }
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
+    fn prepare(c: &TcpStream) {
+        let _ = c.set_nodelay(true);
+    }
+}
+
+impl Listen for UnixListener {
+    type Conn = UnixStream;
+    type Incoming<'a> = crate::net::UnixIncoming<'a>;
+    fn incoming(&self) -> Self::Incoming<'_> {
+        UnixListener::incoming(self)
+    }
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
+}
 
 /// Options for [`create_server_with`].
 #[derive(Debug, Clone)]
@@ -61,10 +100,12 @@ impl ServerOptions {
 }
 
 struct Inner {
-    addrs: Vec<SocketAddr>,
-    /// The listening sockets, shut down by `close` (their accept tasks
-    /// hold them too, and end at their next poll).
-    listeners: RefCell<Vec<Rc<TcpListener>>>,
+    names: Vec<SockAddr>,
+    /// The listening sockets' fds, shut down by `close` (their accept
+    /// tasks own them, and end at their next poll).
+    listeners: RefCell<Vec<std::os::fd::RawFd>>,
+    /// A Unix server's socket file, removed on `close` (as asyncio 3.13).
+    unix_path: Option<std::path::PathBuf>,
     accepters: RefCell<Vec<Task<()>>>,
     closed: Cell<bool>,
     /// Connections whose transports have not lost their connection yet.
@@ -90,7 +131,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("addrs", &self.inner.addrs)
+            .field("names", &self.inner.names)
             .field("serving", &self.is_serving())
             .field("connections", &self.inner.active.get())
             .finish()
@@ -101,7 +142,16 @@ impl Server {
     /// The addresses it listens on (one per resolved address; a port 0
     /// shows the port the kernel chose).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.inner.addrs.clone()
+        self.inner
+            .names
+            .iter()
+            .filter_map(SockAddr::as_inet)
+            .collect()
+    }
+
+    /// Every address it listens on, IP or Unix.
+    pub fn sock_names(&self) -> Vec<SockAddr> {
+        self.inner.names.clone()
     }
 
     /// Whether it accepts connections.
@@ -120,8 +170,11 @@ impl Server {
         }
         // Stop listening now, not when the accept tasks let go: a
         // listening socket shut down refuses new connections at once.
-        for l in self.inner.listeners.borrow_mut().drain(..) {
-            let _ = crate::driver::op::net::shutdown(l.as_raw_fd(), std::net::Shutdown::Both);
+        for fd in self.inner.listeners.borrow_mut().drain(..) {
+            let _ = crate::driver::op::net::shutdown(fd, std::net::Shutdown::Both);
+        }
+        if let Some(p) = &self.inner.unix_path {
+            let _ = crate::net::remove_stale_socket(p);
         }
         self.inner.wake_all();
     }
@@ -154,15 +207,18 @@ impl Server {
 }
 
 /// Resolves `addr` (numeric addresses at once, names on the blocking pool).
-pub(crate) async fn resolve(addr: impl ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
-    crate::net::resolve(addr)
+pub(crate) async fn resolve(addr: impl crate::net::ToSocketAddrs) -> io::Result<Vec<SocketAddr>> {
+    crate::net::resolve_async(&addr).await
 }
 
 /// Listens on every address `addr` resolves to and runs a new
 /// `factory()` protocol on each connection (asyncio's
 /// `loop.create_server`). Default options: no `SO_REUSEPORT`, backlog
 /// 1024.
-pub async fn create_server<P, F>(factory: F, addr: impl ToSocketAddrs) -> io::Result<Server>
+pub async fn create_server<P, F>(
+    factory: F,
+    addr: impl crate::net::ToSocketAddrs,
+) -> io::Result<Server>
 where
     P: Protocol,
     F: Fn() -> P + 'static,
@@ -173,7 +229,7 @@ where
 /// [`create_server`] with options.
 pub async fn create_server_with<P, F>(
     factory: F,
-    addr: impl ToSocketAddrs,
+    addr: impl crate::net::ToSocketAddrs,
     opts: &ServerOptions,
 ) -> io::Result<Server>
 where
@@ -199,10 +255,25 @@ where
         bound.push(local);
         listeners.push(l);
     }
-    let listeners: Vec<Rc<TcpListener>> = listeners.into_iter().map(Rc::new).collect();
+    Ok(serve_on(
+        listeners,
+        bound.into_iter().map(SockAddr::Inet).collect(),
+        None,
+        factory,
+    ))
+}
+
+/// Starts accepting on `listeners`.
+fn serve_on<L: Listen, P: Protocol, F: Fn() -> P + 'static>(
+    listeners: Vec<L>,
+    names: Vec<SockAddr>,
+    unix_path: Option<std::path::PathBuf>,
+    factory: F,
+) -> Server {
     let inner = Rc::new(Inner {
-        addrs: bound,
-        listeners: RefCell::new(listeners.clone()),
+        names,
+        listeners: RefCell::new(listeners.iter().map(Listen::fd).collect()),
+        unix_path,
         accepters: RefCell::new(Vec::new()),
         closed: Cell::new(false),
         active: Cell::new(0),
@@ -213,7 +284,53 @@ where
         let t = crate::spawn(accept_loop(l, inner.clone(), factory.clone()));
         inner.accepters.borrow_mut().push(t);
     }
-    Ok(Server { inner })
+    Server { inner }
+}
+
+/// Listens on the Unix socket `path` (a stale socket file left there is
+/// removed first, as asyncio does; any other file is an `AddrInUse`
+/// error) and runs a new `factory()` protocol on each connection
+/// (asyncio's `loop.create_unix_server`). The socket file is removed when
+/// the server closes.
+pub async fn create_unix_server<P, F>(
+    factory: F,
+    path: impl AsRef<std::path::Path>,
+) -> io::Result<Server>
+where
+    P: Protocol,
+    F: Fn() -> P + 'static,
+{
+    let path = path.as_ref();
+    crate::net::remove_stale_socket(path)?;
+    let l = UnixListener::bind(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("error while binding to {}: {e}", path.display()),
+        )
+    })?;
+    let name = l.local_addr()?;
+    Ok(serve_on(
+        vec![l],
+        vec![SockAddr::Unix(name)],
+        Some(path.to_path_buf()),
+        factory,
+    ))
+}
+
+/// [`create_unix_server`] on any Unix address (an abstract name too; no
+/// file to clean up then).
+pub async fn create_unix_server_addr<P, F>(factory: F, addr: &UnixSocketAddr) -> io::Result<Server>
+where
+    P: Protocol,
+    F: Fn() -> P + 'static,
+{
+    if let Some(p) = addr.pathname() {
+        return create_unix_server(factory, p).await;
+    }
+    let l = UnixListener::bind_addr(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("error while binding to {addr}: {e}")))?;
+    let name = l.local_addr()?;
+    Ok(serve_on(vec![l], vec![SockAddr::Unix(name)], None, factory))
 }
 
 /// Errors after which accepting again at once would fail the same way:
@@ -225,8 +342,8 @@ fn out_of_resources(e: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop<P: Protocol, F: Fn() -> P + 'static>(
-    l: Rc<TcpListener>,
+async fn accept_loop<L: Listen, P: Protocol, F: Fn() -> P + 'static>(
+    l: L,
     inner: Rc<Inner>,
     factory: Rc<F>,
 ) {
@@ -237,7 +354,10 @@ async fn accept_loop<P: Protocol, F: Fn() -> P + 'static>(
             return;
         }
         match next {
-            Some(Ok(s)) => serve(s, &inner, &*factory),
+            Some(Ok(s)) => {
+                L::prepare(&s);
+                serve(s, &inner, &*factory)
+            }
             Some(Err(e)) if out_of_resources(&e) => {
                 log::warn!("uringio: server accept: {e}; pausing accepts for 100 ms");
                 crate::sleep(Duration::from_millis(100)).await;
@@ -248,8 +368,7 @@ async fn accept_loop<P: Protocol, F: Fn() -> P + 'static>(
     }
 }
 
-fn serve<P: Protocol, F: Fn() -> P>(s: TcpStream, inner: &Rc<Inner>, factory: &F) {
-    let _ = s.set_nodelay(true);
+fn serve<C: Conn, P: Protocol, F: Fn() -> P>(s: C, inner: &Rc<Inner>, factory: &F) {
     inner.active.set(inner.active.get() + 1);
     let done = inner.clone();
     let proto = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(factory)) {

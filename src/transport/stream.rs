@@ -43,9 +43,8 @@ const DEFAULT_HIGH: usize = 64 * 1024;
 pub enum SockAddr {
     /// An IP socket's address.
     Inet(SocketAddr),
-    /// A Unix socket's address, as text (a path, `@name` for an abstract
-    /// one, empty when unnamed).
-    Unix(String),
+    /// A Unix socket's address (a path, an abstract name, or unnamed).
+    Unix(crate::net::UnixSocketAddr),
 }
 
 impl SockAddr {
@@ -124,6 +123,33 @@ impl Conn for TcpStream {
     }
     fn sockname(&self) -> Option<SockAddr> {
         self.local_addr().ok().map(SockAddr::Inet)
+    }
+}
+
+impl Conn for crate::net::UnixStream {
+    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize, Vec<u8>>> {
+        self.read(buf)
+    }
+    fn send_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(), Vec<u8>>> {
+        self.write_all(buf)
+    }
+    fn send_vectored(
+        &self,
+        bufs: Vec<Vec<u8>>,
+    ) -> impl Future<Output = BufResult<usize, Vec<Vec<u8>>>> {
+        self.writev(bufs)
+    }
+    fn shutdown_write(&self) -> Option<io::Result<()>> {
+        Some(self.shutdown(std::net::Shutdown::Write))
+    }
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+    fn peername(&self) -> Option<SockAddr> {
+        self.peer_addr().ok().map(SockAddr::Unix)
+    }
+    fn sockname(&self) -> Option<SockAddr> {
+        self.local_addr().ok().map(SockAddr::Unix)
     }
 }
 
@@ -810,12 +836,36 @@ async fn send<C: Conn>(conn: &C, core: &Core, mut bufs: VecDeque<Vec<u8>>) -> io
     Ok(())
 }
 
+/// Connects to the Unix socket at `path` and runs `factory()`'s protocol
+/// on it (asyncio's `loop.create_unix_connection`). An abstract address
+/// is given with [`create_unix_connection_addr`].
+pub async fn create_unix_connection<P: Protocol>(
+    factory: impl FnOnce() -> P,
+    path: impl AsRef<std::path::Path>,
+) -> io::Result<(Transport, Rc<RefCell<P>>)> {
+    let s = crate::net::UnixStream::connect(path).await?;
+    let p = Rc::new(RefCell::new(factory()));
+    let t = start(s, p.clone(), None);
+    Ok((t, p))
+}
+
+/// [`create_unix_connection`] to any Unix address (an abstract name too).
+pub async fn create_unix_connection_addr<P: Protocol>(
+    factory: impl FnOnce() -> P,
+    addr: &crate::net::UnixSocketAddr,
+) -> io::Result<(Transport, Rc<RefCell<P>>)> {
+    let s = crate::net::UnixStream::connect_addr(addr).await?;
+    let p = Rc::new(RefCell::new(factory()));
+    let t = start(s, p.clone(), None);
+    Ok((t, p))
+}
+
 /// Opens a TCP connection to `addr` and runs `factory()`'s protocol on it
 /// (asyncio's `loop.create_connection`). Returns the transport and the
 /// protocol.
 pub async fn create_connection<P: Protocol>(
     factory: impl FnOnce() -> P,
-    addr: impl std::net::ToSocketAddrs,
+    addr: impl crate::net::ToSocketAddrs,
 ) -> io::Result<(Transport, Rc<RefCell<P>>)> {
     let s = TcpStream::connect(addr).await?;
     let _ = s.set_nodelay(true);

@@ -34,6 +34,7 @@ pub(crate) mod net;
 pub(crate) mod rw;
 pub(crate) mod signal;
 pub(crate) mod sock;
+pub(crate) mod unix;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};

@@ -327,6 +327,7 @@ mod tests {
         ("op/rw.rs", include_str!("../op/rw.rs")),
         ("op/signal.rs", include_str!("../op/signal.rs")),
         ("op/sock.rs", include_str!("../op/sock.rs")),
+        ("op/unix.rs", include_str!("../op/unix.rs")),
         ("uring/mod.rs", include_str!("mod.rs")),
     ];
 
