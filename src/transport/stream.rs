@@ -177,6 +177,10 @@ impl<C: Conn> ConnInfo for C {
 struct State {
     /// Bytes `write` buffered, not yet handed to a send.
     bufs: VecDeque<Vec<u8>>,
+    /// Emptied buffers and queue, reused so that steady traffic allocates
+    /// nothing per write.
+    spare: Vec<Vec<u8>>,
+    spare_queue: VecDeque<Vec<u8>>,
     buffered: usize,
     /// Bytes in the send in flight.
     inflight: usize,
@@ -237,16 +241,18 @@ impl Transport {
             return;
         }
         self.core.push(
-            |bufs| match bufs.back_mut() {
-                // Append to the last buffer while it is one of ours (not a
-                // caller's Vec handed over by `write_owned`) and small.
+            |st| match st.bufs.back_mut() {
+                // Append to the last buffer while it has room or is small.
                 Some(last) if last.capacity() - last.len() >= data.len() || last.len() < 4096 => {
                     last.extend_from_slice(data)
                 }
                 _ => {
-                    let mut v = Vec::with_capacity(data.len().max(4096));
+                    let mut v = st
+                        .spare
+                        .pop()
+                        .unwrap_or_else(|| Vec::with_capacity(data.len().max(4096)));
                     v.extend_from_slice(data);
-                    bufs.push_back(v);
+                    st.bufs.push_back(v);
                 }
             },
             data.len(),
@@ -259,7 +265,7 @@ impl Transport {
             return;
         }
         let n = data.len();
-        self.core.push(move |bufs| bufs.push_back(data), n);
+        self.core.push(move |st| st.bufs.push_back(data), n);
     }
 
     /// Buffers each of `chunks` (asyncio's `writelines`).
@@ -410,14 +416,14 @@ impl Transport {
 impl Core {
     /// Adds `n` bytes with `f`, wakes the writer, and checks the
     /// high-water mark.
-    fn push(&self, f: impl FnOnce(&mut VecDeque<Vec<u8>>), n: usize) {
+    fn push(&self, f: impl FnOnce(&mut State), n: usize) {
         {
             let mut st = self.st.borrow_mut();
             if st.closing || st.lost || st.eof_requested {
                 log::debug!("uringio: write on a closing transport ignored ({n} bytes)");
                 return;
             }
-            f(&mut st.bufs);
+            f(&mut st);
             st.buffered += n;
             if let Some(w) = st.writer_waker.take() {
                 w.wake();
@@ -756,7 +762,8 @@ async fn writer<C: Conn>(core: Rc<Core>, conn: Rc<C>) {
             }
             if !st.bufs.is_empty() {
                 st.inflight = std::mem::take(&mut st.buffered);
-                return Poll::Ready(Some(Work::Send(std::mem::take(&mut st.bufs))));
+                let spare = std::mem::take(&mut st.spare_queue);
+                return Poll::Ready(Some(Work::Send(std::mem::replace(&mut st.bufs, spare))));
             }
             if st.closing {
                 return Poll::Ready(Some(Work::Close));
@@ -800,9 +807,10 @@ async fn send<C: Conn>(conn: &C, core: &Core, mut bufs: VecDeque<Vec<u8>>) -> io
     if bufs.len() == 1 {
         let b = bufs.pop_front().unwrap_or_default();
         let n = b.len();
-        let (res, _) = conn.send_all(b).await;
+        let (res, b) = conn.send_all(b).await;
         let mut st = core.st.borrow_mut();
         st.inflight = st.inflight.saturating_sub(n);
+        recycle(&mut st, b, bufs);
         return res;
     }
     while !bufs.is_empty() {
@@ -833,7 +841,19 @@ async fn send<C: Conn>(conn: &C, core: &Core, mut bufs: VecDeque<Vec<u8>>) -> io
             bufs.push_front(b);
         }
     }
+    core.st.borrow_mut().spare_queue = bufs;
     Ok(())
+}
+
+/// Keeps a sent buffer (and the emptied queue) for the next writes.
+fn recycle(st: &mut State, mut b: Vec<u8>, queue: VecDeque<Vec<u8>>) {
+    if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
+        b.clear();
+        st.spare.push(b);
+    }
+    if st.spare_queue.capacity() == 0 {
+        st.spare_queue = queue;
+    }
 }
 
 /// Connects to the Unix socket at `path` and runs `factory()`'s protocol
