@@ -289,6 +289,11 @@ impl TcpStream {
 
     /// Reads into `buf`'s spare capacity; `Ok(0)` at end of stream.
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        self.read_op(buf)
+    }
+
+    /// [`read`](Self::read) as its op type (for the transport layer).
+    pub(crate) fn read_op<B: IoBufMut>(&self, buf: B) -> Op<ops::Read<B>> {
         let fixed = self.sock.fixed();
         Op::new(
             ops::Read::new(self.sock.fd(), buf, None, true)
@@ -297,10 +302,20 @@ impl TcpStream {
         )
     }
 
-    /// Writes `buf`'s initialised bytes (maybe not all of them).
-    pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+    /// [`write`](Self::write) as its op type.
+    pub(crate) fn write_op<B: IoBuf>(&self, buf: B) -> Op<ops::Write<B>> {
         let fixed = self.sock.fixed();
         Op::new(ops::Write::new(self.sock.fd(), buf, None, true).fixed(fixed))
+    }
+
+    /// [`writev`](Self::writev) as its op type.
+    pub(crate) fn writev_op<B: IoBuf>(&self, bufs: Vec<B>) -> Op<ops::WriteV<B>> {
+        Op::new(ops::WriteV::new(self.sock.fd(), bufs, None, true))
+    }
+
+    /// Writes `buf`'s initialised bytes (maybe not all of them).
+    pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        self.write_op(buf)
     }
 
     /// Writes all of `buf`'s initialised bytes.
@@ -322,7 +337,7 @@ impl TcpStream {
         &self,
         bufs: Vec<B>,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
-        Op::new(ops::WriteV::new(self.sock.fd(), bufs, None, true))
+        self.writev_op(bufs)
     }
 
     /// Shuts down the read side, the write side or both.

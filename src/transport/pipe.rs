@@ -3,14 +3,12 @@
 //! a FIFO, a character device, a socket used one way).
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 use super::Protocol;
 use super::stream::{Conn, SockAddr, Transport, start};
-use crate::BufResult;
 use crate::driver::op::Op;
 use crate::driver::op::rw;
 use crate::net::Socket;
@@ -35,16 +33,16 @@ impl PipeEnd {
 }
 
 impl Conn for PipeEnd {
-    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize, Vec<u8>>> {
+    type Recv = Op<rw::Read<Vec<u8>>>;
+    type Send = Op<rw::Write<Vec<u8>>>;
+    type SendV = Op<rw::WriteV<Vec<u8>>>;
+    fn recv(&self, buf: Vec<u8>) -> Self::Recv {
         Op::new(rw::Read::new(self.fd.fd(), buf, None, false))
     }
-    fn send_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(), Vec<u8>>> {
-        rw::write_all(self.fd.fd(), buf, None, false, None)
+    fn send(&self, buf: Vec<u8>) -> Self::Send {
+        Op::new(rw::Write::new(self.fd.fd(), buf, None, false))
     }
-    fn send_vectored(
-        &self,
-        bufs: Vec<Vec<u8>>,
-    ) -> impl Future<Output = BufResult<usize, Vec<Vec<u8>>>> {
+    fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
         Op::new(rw::WriteV::new(self.fd.fd(), bufs, None, false))
     }
     fn shutdown_write(&self) -> Option<io::Result<()>> {

@@ -1,11 +1,15 @@
-//! The stream transport: one per connection (TCP, Unix, pipes), a reader
-//! and a writer task around a shared core.
+//! The stream transport: one per connection (TCP, Unix, pipes), one task
+//! around a shared core.
 //!
 //! ```text
-//!   Transport (handles) ──▶ Core ◀── reader task: read → data_received / eof_received
-//!                            │  └─── writer task: buffered bytes → one send/writev
+//!   Transport (handles) ──▶ Core ◀── the connection's task, polling two ops:
+//!                            │         a receive → data_received / eof_received
+//!                            │         a send of everything buffered (one send/writev)
 //!                            └── protocol (Rc<RefCell<dyn Protocol>>)
 //! ```
+//! One task, not a reader and a writer: a `write` made inside
+//! `data_received` starts its send in the same poll, in the same loop
+//! iteration, with no wake-up of another task in between.
 //! ## States
 //! ```text
 //! open ──close()──▶ closing (no more reads; writer flushes) ──flushed──▶ lost
@@ -24,10 +28,12 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use super::Protocol;
 use crate::BufResult;
+use crate::driver::op::{Op, rw};
 use crate::net::TcpStream;
 use crate::runtime::{ExceptionContext, get_running_loop};
 use crate::task::Task;
@@ -68,15 +74,18 @@ impl std::fmt::Display for SockAddr {
 
 /// What a transport needs of the thing it runs over.
 pub(crate) trait Conn: 'static {
+    /// A receive.
+    type Recv: Future<Output = BufResult<usize, Vec<u8>>> + Unpin;
+    /// A send (maybe short).
+    type Send: Future<Output = BufResult<usize, Vec<u8>>> + Unpin;
+    /// A vectored send (maybe short).
+    type SendV: Future<Output = BufResult<usize, Vec<Vec<u8>>>> + Unpin;
     /// Receives into `buf`'s spare capacity.
-    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize, Vec<u8>>>;
-    /// Sends all of `buf`.
-    fn send_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(), Vec<u8>>>;
+    fn recv(&self, buf: Vec<u8>) -> Self::Recv;
+    /// Sends (some of) `buf`.
+    fn send(&self, buf: Vec<u8>) -> Self::Send;
     /// Sends as much of `bufs` as it can in one call.
-    fn send_vectored(
-        &self,
-        bufs: Vec<Vec<u8>>,
-    ) -> impl Future<Output = BufResult<usize, Vec<Vec<u8>>>>;
+    fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV;
     /// Shuts the write side (`None` if it cannot: `can_write_eof` false).
     fn shutdown_write(&self) -> Option<io::Result<()>>;
     /// Whether `write_eof` is possible.
@@ -100,17 +109,17 @@ pub(crate) trait Conn: 'static {
 }
 
 impl Conn for TcpStream {
-    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize, Vec<u8>>> {
-        self.read(buf)
+    type Recv = Op<rw::Read<Vec<u8>>>;
+    type Send = Op<rw::Write<Vec<u8>>>;
+    type SendV = Op<rw::WriteV<Vec<u8>>>;
+    fn recv(&self, buf: Vec<u8>) -> Self::Recv {
+        self.read_op(buf)
     }
-    fn send_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(), Vec<u8>>> {
-        self.write_all(buf)
+    fn send(&self, buf: Vec<u8>) -> Self::Send {
+        self.write_op(buf)
     }
-    fn send_vectored(
-        &self,
-        bufs: Vec<Vec<u8>>,
-    ) -> impl Future<Output = BufResult<usize, Vec<Vec<u8>>>> {
-        self.writev(bufs)
+    fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
+        self.writev_op(bufs)
     }
     fn shutdown_write(&self) -> Option<io::Result<()>> {
         Some(self.shutdown(std::net::Shutdown::Write))
@@ -127,17 +136,17 @@ impl Conn for TcpStream {
 }
 
 impl Conn for crate::net::UnixStream {
-    fn recv(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<usize, Vec<u8>>> {
-        self.read(buf)
+    type Recv = Op<rw::Read<Vec<u8>>>;
+    type Send = Op<rw::Write<Vec<u8>>>;
+    type SendV = Op<rw::WriteV<Vec<u8>>>;
+    fn recv(&self, buf: Vec<u8>) -> Self::Recv {
+        self.read_op(buf)
     }
-    fn send_all(&self, buf: Vec<u8>) -> impl Future<Output = BufResult<(), Vec<u8>>> {
-        self.write_all(buf)
+    fn send(&self, buf: Vec<u8>) -> Self::Send {
+        self.write_op(buf)
     }
-    fn send_vectored(
-        &self,
-        bufs: Vec<Vec<u8>>,
-    ) -> impl Future<Output = BufResult<usize, Vec<Vec<u8>>>> {
-        self.writev(bufs)
+    fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
+        self.writev_op(bufs)
     }
     fn shutdown_write(&self) -> Option<io::Result<()>> {
         Some(self.shutdown(std::net::Shutdown::Write))
@@ -177,10 +186,9 @@ impl<C: Conn> ConnInfo for C {
 struct State {
     /// Bytes `write` buffered, not yet handed to a send.
     bufs: VecDeque<Vec<u8>>,
-    /// Emptied buffers and queue, reused so that steady traffic allocates
-    /// nothing per write.
+    /// Sent buffers, reused so that steady traffic allocates nothing per
+    /// write.
     spare: Vec<Vec<u8>>,
-    spare_queue: VecDeque<Vec<u8>>,
     buffered: usize,
     /// Bytes in the send in flight.
     inflight: usize,
@@ -194,17 +202,26 @@ struct State {
     reading_paused: bool,
     /// `connection_lost` was scheduled.
     lost: bool,
-    reader_waker: Option<Waker>,
-    writer_waker: Option<Waker>,
+    /// The connection task's waker while it waits.
+    waker: Option<Waker>,
 }
 
-/// What both tasks and every handle share.
+impl State {
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// What the connection's task and every handle share.
 pub(crate) struct Core {
     st: RefCell<State>,
     proto: RefCell<Option<Rc<RefCell<dyn Protocol>>>>,
     conn: RefCell<Option<Rc<dyn ConnInfo>>>,
-    reader: RefCell<Option<Task<()>>>,
-    writer: RefCell<Option<Task<()>>>,
+    task: RefCell<Option<Task<()>>>,
+    /// Whether the connection sends (`false` for a read pipe).
+    writable: bool,
     /// For debug mode's "unclosed transport" report.
     peer: Option<SockAddr>,
     debug: bool,
@@ -298,9 +315,7 @@ impl Transport {
             return;
         }
         st.eof_requested = true;
-        if let Some(w) = st.writer_waker.take() {
-            w.wake();
-        }
+        st.wake();
     }
 
     /// Whether [`write_eof`](Self::write_eof) is possible.
@@ -386,14 +401,9 @@ impl Transport {
 
     /// Receives again.
     pub fn resume_reading(&self) {
-        let w = {
-            let mut st = self.core.st.borrow_mut();
-            st.reading_paused = false;
-            st.reader_waker.take()
-        };
-        if let Some(w) = w {
-            w.wake();
-        }
+        let mut st = self.core.st.borrow_mut();
+        st.reading_paused = false;
+        st.wake();
     }
 
     /// Whether the transport is receiving (not paused, not closing).
@@ -425,9 +435,7 @@ impl Core {
             }
             f(&mut st);
             st.buffered += n;
-            if let Some(w) = st.writer_waker.take() {
-                w.wake();
-            }
+            st.wake();
         }
         self.maybe_pause();
     }
@@ -469,32 +477,20 @@ impl Core {
     }
 
     fn close(&self) {
-        let (reader, waker) = {
-            let mut st = self.st.borrow_mut();
-            if st.closing || st.lost {
-                return;
-            }
-            st.closing = true;
-            (self.reader.borrow_mut().take(), st.writer_waker.take())
-        };
-        if let Some(r) = reader {
-            r.cancel();
-        }
-        if !self.writable() {
-            self.lose(None);
+        let mut st = self.st.borrow_mut();
+        if st.closing || st.lost {
             return;
         }
-        if let Some(w) = waker {
-            w.wake();
+        st.closing = true;
+        st.wake();
+        drop(st);
+        if !self.writable {
+            self.lose(None);
         }
     }
 
-    fn writable(&self) -> bool {
-        self.writer.borrow().is_some()
-    }
-
-    /// Ends the connection now: drops the buffer, stops both tasks, lets
-    /// go of the socket and schedules `connection_lost(exc)` (once).
+    /// Ends the connection now: drops the buffer, stops the task, lets go
+    /// of the socket and schedules `connection_lost(exc)` (once).
     fn lose(&self, exc: Option<io::Error>) {
         {
             let mut st = self.st.borrow_mut();
@@ -506,18 +502,13 @@ impl Core {
             st.bufs.clear();
             st.buffered = 0;
             st.inflight = 0;
-            st.reader_waker = None;
-            st.writer_waker = None;
+            st.waker = None;
         }
-        let reader = self.reader.borrow_mut().take();
-        let writer = self.writer.borrow_mut().take();
+        let task = self.task.borrow_mut().take();
         let conn = self.conn.borrow_mut().take();
         let proto = self.proto.borrow_mut().take();
         let on_lost = self.on_lost.borrow_mut().take();
-        if let Some(t) = reader {
-            t.cancel();
-        }
-        if let Some(t) = writer {
+        if let Some(t) = task {
             t.cancel();
         }
         drop(conn);
@@ -560,10 +551,10 @@ impl Core {
     /// transport: without this the pair would never be freed), and in
     /// debug mode report the transport as unclosed (asyncio's
     /// ResourceWarning). No `connection_lost`: the loop is gone.
-    fn abandoned(&self, by_reader: bool) {
+    fn abandoned(&self) {
         let report = {
             let mut st = self.st.borrow_mut();
-            if st.lost || (by_reader && st.closing) {
+            if st.lost {
                 return;
             }
             st.lost = true;
@@ -595,41 +586,6 @@ impl Drop for Core {
     }
 }
 
-/// Held by a transport task while it runs; dropped with the task's future
-/// before the task finished, it tells the core ([`Core::abandoned`]).
-struct TaskGuard {
-    core: Rc<Core>,
-    reader: bool,
-    done: bool,
-}
-
-impl Drop for TaskGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            self.core.abandoned(self.reader);
-        }
-    }
-}
-
-/// Runs `task`, noting if it is dropped before it finishes (even before
-/// its first poll: the guard is made here, outside the future).
-fn guarded_task(
-    core: Rc<Core>,
-    reader: bool,
-    task: impl Future<Output = ()>,
-) -> impl Future<Output = ()> {
-    let g = TaskGuard {
-        core,
-        reader,
-        done: false,
-    };
-    async move {
-        let mut g = g;
-        task.await;
-        g.done = true;
-    }
-}
-
 fn report_panic(peer: Option<&SockAddr>, msg: &str) {
     let peer = peer.map_or_else(String::new, |p| format!(" (peer {p})"));
     get_running_loop().inner.report(ExceptionContext {
@@ -655,9 +611,24 @@ fn call_guarded(
     }
 }
 
+
+/// Held by the connection's task; dropped with the task's future before
+/// the task finished, it tells the core ([`Core::abandoned`]).
+struct TaskGuard {
+    core: Rc<Core>,
+    done: bool,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.core.abandoned();
+        }
+    }
+}
+
 /// Starts a transport over `conn` for `proto`: `connection_made` now,
-/// then the reader and writer tasks. `on_lost` runs after
-/// `connection_lost`.
+/// then the connection's task. `on_lost` runs after `connection_lost`.
 pub(crate) fn start<C: Conn>(
     conn: C,
     proto: Rc<RefCell<dyn Protocol>>,
@@ -673,160 +644,199 @@ pub(crate) fn start<C: Conn>(
         }),
         proto: RefCell::new(Some(proto)),
         conn: RefCell::new(Some(conn.clone() as Rc<dyn ConnInfo>)),
-        reader: RefCell::new(None),
-        writer: RefCell::new(None),
+        task: RefCell::new(None),
+        writable: conn.writable(),
         peer: Conn::peername(&*conn),
         debug: lp.get_debug(),
         on_lost: RefCell::new(on_lost),
         closed_by_user: Cell::new(false),
     });
     let t = Transport { core: core.clone() };
-    if conn.writable() {
-        let task = guarded_task(core.clone(), false, writer(core.clone(), conn.clone()));
-        *core.writer.borrow_mut() = Some(crate::spawn(task));
-    }
-    if conn.readable() {
-        let task = guarded_task(core.clone(), true, reader(core.clone(), conn.clone()));
-        *core.reader.borrow_mut() = Some(crate::spawn(task));
-    }
-    drop(conn);
+    // The guard is made outside the task's future, so that it also fires
+    // if the future is dropped before its first poll.
+    let guard = TaskGuard {
+        core: core.clone(),
+        done: false,
+    };
+    let mut pump = Pump {
+        core: core.clone(),
+        conn,
+        recv: None,
+        held: None,
+        rbuf: None,
+        send: None,
+        read_done: false,
+    };
+    let task = crate::spawn(async move {
+        let mut guard = guard;
+        poll_fn(|cx| pump.poll(cx)).await;
+        guard.done = true;
+    });
+    *core.task.borrow_mut() = Some(task);
     core.call(|p| p.connection_made(t.clone()));
     t
 }
 
-/// Waits while reading is paused; `false` if the transport is closing.
-async fn until_reading(core: &Core) -> bool {
-    poll_fn(|cx| {
-        let mut st = core.st.borrow_mut();
-        if st.closing || st.lost {
-            return Poll::Ready(false);
-        }
-        if !st.reading_paused {
-            return Poll::Ready(true);
-        }
-        st.reader_waker = Some(cx.waker().clone());
-        Poll::Pending
-    })
-    .await
+/// A send in flight.
+enum Sending<C: Conn> {
+    One(C::Send),
+    Many(C::SendV),
 }
 
-async fn reader<C: Conn>(core: Rc<Core>, conn: Rc<C>) {
-    let mut buf = Vec::with_capacity(READ_SIZE);
-    loop {
-        if !until_reading(&core).await {
-            return;
-        }
-        buf.clear();
-        let (res, b) = conn.recv(buf).await;
-        buf = b;
-        // Paused while the receive was in flight: hold the bytes back.
-        if !until_reading(&core).await {
-            return;
-        }
-        match res {
-            Ok(0) => {
-                let keep_open = core.call(|p| p.eof_received());
-                match keep_open {
-                    Some(true) if conn.writable() => {}
-                    Some(_) => core.close(),
-                    None => {}
-                }
-                return;
+/// The connection's task: a receive and a send, each in flight or not.
+struct Pump<C: Conn> {
+    core: Rc<Core>,
+    conn: Rc<C>,
+    recv: Option<C::Recv>,
+    /// A receive that completed while reading was paused.
+    held: Option<(io::Result<usize>, Vec<u8>)>,
+    /// The receive buffer between receives.
+    rbuf: Option<Vec<u8>>,
+    send: Option<Sending<C>>,
+    /// End of stream (or closing): no more receives.
+    read_done: bool,
+}
+
+/// What a poll step saw.
+enum Step {
+    /// Something happened: look again.
+    Progress,
+    /// Nothing to do until woken.
+    Idle,
+    /// The connection is over.
+    Done,
+}
+
+impl<C: Conn> Pump<C> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Wake-ups meant for this poll are spent: a `write` made by a
+        // callback below is seen by the loop here, not through a wake.
+        self.core.st.borrow_mut().waker = None;
+        loop {
+            let w = self.poll_send(cx);
+            if matches!(w, Step::Done) {
+                return Poll::Ready(());
             }
-            Ok(_) => {
-                if core.call(|p| p.data_received(&buf)).is_none() {
-                    return;
-                }
+            let r = self.poll_recv(cx);
+            if matches!(r, Step::Done) {
+                return Poll::Ready(());
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                core.lose(Some(e));
-                return;
+            if matches!((w, r), (Step::Idle, Step::Idle)) {
+                let mut st = self.core.st.borrow_mut();
+                if st.lost {
+                    return Poll::Ready(());
+                }
+                st.waker = Some(cx.waker().clone());
+                return Poll::Pending;
             }
         }
     }
-}
 
-enum Work {
-    Send(VecDeque<Vec<u8>>),
-    Eof,
-    Close,
-}
-
-async fn writer<C: Conn>(core: Rc<Core>, conn: Rc<C>) {
-    loop {
-        let work = poll_fn(|cx| {
-            let mut st = core.st.borrow_mut();
+    /// Starts a send of what is buffered, or finishes the one in flight.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Step {
+        if self.send.is_none() {
+            let mut st = self.core.st.borrow_mut();
             if st.lost {
-                return Poll::Ready(None);
+                return Step::Done;
             }
             if !st.bufs.is_empty() {
-                st.inflight = std::mem::take(&mut st.buffered);
-                let spare = std::mem::take(&mut st.spare_queue);
-                return Poll::Ready(Some(Work::Send(std::mem::replace(&mut st.bufs, spare))));
-            }
-            if st.closing {
-                return Poll::Ready(Some(Work::Close));
-            }
-            if st.eof_requested && !st.eof_written {
-                return Poll::Ready(Some(Work::Eof));
-            }
-            st.writer_waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await;
-        let Some(work) = work else { return };
-        match work {
-            Work::Send(bufs) => {
-                if let Err(e) = send(&*conn, &core, bufs).await {
-                    core.lose(Some(e));
-                    return;
+                if st.bufs.len() == 1 {
+                    let b = st.bufs.pop_front().unwrap_or_default();
+                    st.inflight += b.len();
+                    st.buffered -= b.len();
+                    self.send = Some(Sending::One(self.conn.send(b)));
+                } else {
+                    let n = st.bufs.len().min(64);
+                    let v: Vec<Vec<u8>> = st.bufs.drain(..n).collect();
+                    let len: usize = v.iter().map(Vec::len).sum();
+                    st.inflight += len;
+                    st.buffered -= len;
+                    self.send = Some(Sending::Many(self.conn.send_vectored(v)));
                 }
-                core.maybe_resume();
-            }
-            Work::Eof => {
-                core.st.borrow_mut().eof_written = true;
-                if let Some(Err(e)) = Conn::shutdown_write(&*conn) {
+            } else if st.closing {
+                // Flushed: the close completes.
+                drop(st);
+                self.core.lose(None);
+                return Step::Done;
+            } else if st.eof_requested && !st.eof_written {
+                st.eof_written = true;
+                drop(st);
+                if let Some(Err(e)) = Conn::shutdown_write(&*self.conn) {
                     if e.kind() != io::ErrorKind::NotConnected {
-                        core.lose(Some(e));
-                        return;
+                        self.core.lose(Some(e));
+                        return Step::Done;
                     }
                 }
+                return Step::Progress;
+            } else {
+                return Step::Idle;
             }
-            Work::Close => {
-                core.lose(None);
-                return;
+        }
+        let res = match self.send.as_mut() {
+            Some(Sending::One(f)) => match Pin::new(f).poll(cx) {
+                Poll::Pending => return Step::Idle,
+                Poll::Ready((res, b)) => {
+                    self.send = None;
+                    self.sent_one(res, b)
+                }
+            },
+            Some(Sending::Many(f)) => match Pin::new(f).poll(cx) {
+                Poll::Pending => return Step::Idle,
+                Poll::Ready((res, v)) => {
+                    self.send = None;
+                    self.sent_many(res, v)
+                }
+            },
+            None => return Step::Idle,
+        };
+        match res {
+            Ok(()) => {
+                self.core.maybe_resume();
+                Step::Progress
+            }
+            Err(e) => {
+                self.core.lose(Some(e));
+                Step::Done
             }
         }
     }
-}
 
-/// Sends every buffer in order: one send for one buffer, `writev` for
-/// several (resumed after a short one), counting down `inflight`.
-async fn send<C: Conn>(conn: &C, core: &Core, mut bufs: VecDeque<Vec<u8>>) -> io::Result<()> {
-    if bufs.len() == 1 {
-        let b = bufs.pop_front().unwrap_or_default();
-        let n = b.len();
-        let (res, b) = conn.send_all(b).await;
-        let mut st = core.st.borrow_mut();
-        st.inflight = st.inflight.saturating_sub(n);
-        recycle(&mut st, b, bufs);
-        return res;
+    /// A single send completed: a short one puts the rest back in front.
+    fn sent_one(&mut self, res: io::Result<usize>, mut b: Vec<u8>) -> io::Result<()> {
+        let n = match res {
+            Ok(0) if !b.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        let mut st = self.core.st.borrow_mut();
+        let len = b.len();
+        st.inflight -= len;
+        if n < len {
+            b.drain(..n);
+            st.buffered += b.len();
+            st.bufs.push_front(b);
+        } else if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
+            b.clear();
+            st.spare.push(b);
+        }
+        Ok(())
     }
-    while !bufs.is_empty() {
-        let v: Vec<Vec<u8>> = bufs.drain(..bufs.len().min(64)).collect();
-        let (res, mut v) = conn.send_vectored(v).await;
-        let mut n = res?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        {
-            let mut st = core.st.borrow_mut();
-            st.inflight = st.inflight.saturating_sub(n);
-        }
-        // Drop what went out; put the rest back in front, in order.
+
+    /// A vectored send completed: drop what went out, put the rest back in
+    /// front, in order.
+    fn sent_many(&mut self, res: io::Result<usize>, v: Vec<Vec<u8>>) -> io::Result<()> {
+        let mut n = match res {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        let mut st = self.core.st.borrow_mut();
+        let total: usize = v.iter().map(Vec::len).sum();
+        st.inflight -= total;
         let mut rest = Vec::new();
-        for mut b in v.drain(..) {
+        for mut b in v {
             if n >= b.len() {
                 n -= b.len();
                 continue;
@@ -838,21 +848,84 @@ async fn send<C: Conn>(conn: &C, core: &Core, mut bufs: VecDeque<Vec<u8>>) -> io
             rest.push(b);
         }
         for b in rest.into_iter().rev() {
-            bufs.push_front(b);
+            st.buffered += b.len();
+            st.bufs.push_front(b);
         }
+        Ok(())
     }
-    core.st.borrow_mut().spare_queue = bufs;
-    Ok(())
-}
 
-/// Keeps a sent buffer (and the emptied queue) for the next writes.
-fn recycle(st: &mut State, mut b: Vec<u8>, queue: VecDeque<Vec<u8>>) {
-    if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
-        b.clear();
-        st.spare.push(b);
-    }
-    if st.spare_queue.capacity() == 0 {
-        st.spare_queue = queue;
+    /// Starts a receive, finishes the one in flight, or hands over what
+    /// was held back while reading was paused.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Step {
+        if self.read_done || !self.conn.readable() {
+            return Step::Idle;
+        }
+        let (paused, closing) = {
+            let st = self.core.st.borrow();
+            (st.reading_paused, st.closing || st.lost)
+        };
+        if closing {
+            // No more data after close(): an in-flight receive is
+            // cancelled (dropped).
+            self.read_done = true;
+            self.recv = None;
+            return Step::Progress;
+        }
+        if paused {
+            // Keep a receive in flight (at most one buffer is taken from
+            // the kernel), deliver nothing.
+            if let Some(f) = self.recv.as_mut() {
+                if let Poll::Ready(r) = Pin::new(f).poll(cx) {
+                    self.recv = None;
+                    self.held = Some(r);
+                }
+            }
+            return Step::Idle;
+        }
+        let (res, buf) = match self.held.take() {
+            Some(r) => r,
+            None => {
+                let f = self.recv.get_or_insert_with(|| {
+                    let mut b = self
+                        .rbuf
+                        .take()
+                        .unwrap_or_else(|| Vec::with_capacity(READ_SIZE));
+                    b.clear();
+                    self.conn.recv(b)
+                });
+                match Pin::new(f).poll(cx) {
+                    Poll::Pending => return Step::Idle,
+                    Poll::Ready(r) => {
+                        self.recv = None;
+                        r
+                    }
+                }
+            }
+        };
+        match res {
+            Ok(0) => {
+                self.read_done = true;
+                match self.core.call(|p| p.eof_received()) {
+                    Some(true) if self.core.writable => {}
+                    Some(_) => self.core.close(),
+                    None => return Step::Done,
+                }
+                Step::Progress
+            }
+            Ok(_) => {
+                let ok = self.core.call(|p| p.data_received(&buf)).is_some();
+                self.rbuf = Some(buf);
+                if ok { Step::Progress } else { Step::Done }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.rbuf = Some(buf);
+                Step::Progress
+            }
+            Err(e) => {
+                self.core.lose(Some(e));
+                Step::Done
+            }
+        }
     }
 }
 

@@ -261,6 +261,11 @@ impl UnixStream {
     /// Descriptors the peer sent with these bytes are closed by the
     /// kernel: use [`recv_with_fds`](Self::recv_with_fds) to take them.
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        self.read_op(buf)
+    }
+
+    /// [`read`](Self::read) as its op type (for the transport layer).
+    pub(crate) fn read_op<B: IoBufMut>(&self, buf: B) -> Op<ops::Read<B>> {
         // Not marked as a stream read: a Unix stream read can be short
         // while more is queued (it stops at bytes that carried descriptors
         // or came from another writer), so a short read says nothing about
@@ -269,10 +274,20 @@ impl UnixStream {
         Op::new(ops::Read::new(self.sock.fd(), buf, None, true).fixed(fixed))
     }
 
-    /// Writes `buf`'s initialised bytes (maybe not all of them).
-    pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+    /// [`write`](Self::write) as its op type.
+    pub(crate) fn write_op<B: IoBuf>(&self, buf: B) -> Op<ops::Write<B>> {
         let fixed = self.sock.fixed();
         Op::new(ops::Write::new(self.sock.fd(), buf, None, true).fixed(fixed))
+    }
+
+    /// [`writev`](Self::writev) as its op type.
+    pub(crate) fn writev_op<B: IoBuf>(&self, bufs: Vec<B>) -> Op<ops::WriteV<B>> {
+        Op::new(ops::WriteV::new(self.sock.fd(), bufs, None, true))
+    }
+
+    /// Writes `buf`'s initialised bytes (maybe not all of them).
+    pub fn write<B: IoBuf>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
+        self.write_op(buf)
     }
 
     /// Writes all of `buf`'s initialised bytes.
@@ -294,7 +309,7 @@ impl UnixStream {
         &self,
         bufs: Vec<B>,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
-        Op::new(ops::WriteV::new(self.sock.fd(), bufs, None, true))
+        self.writev_op(bufs)
     }
 
     /// Writes `buf`'s initialised bytes (maybe not all) with `fds`
