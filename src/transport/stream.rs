@@ -27,8 +27,8 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use super::Protocol;
@@ -610,7 +610,6 @@ fn call_guarded(
         report_panic(peer, &msg);
     }
 }
-
 
 /// Held by the connection's task; dropped with the task's future before
 /// the task finished, it tells the core ([`Core::abandoned`]).
