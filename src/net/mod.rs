@@ -7,10 +7,12 @@
 //! end-of-stream. To read over a full buffer (a `Box<[u8]>`, a full `Vec`),
 //! wrap it in [`buf::Overwrite`](crate::buf::Overwrite).
 
+mod recv;
 mod socket;
 mod tcp;
 mod udp;
 
+pub use recv::RecvMulti;
 pub(crate) use socket::Socket;
 pub use tcp::{Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;
