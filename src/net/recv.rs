@@ -32,8 +32,10 @@ use super::TcpStream;
 /// per chunk fills a free buffer when the socket is readable. An error is
 /// yielded once, then the stream ends.
 ///
-/// Dropping it cancels the receive; see the [module docs](self) for what
-/// happens to chunks already received: the socket's next read gets them.
+/// Dropping it cancels the receive; chunks already received (and those
+/// the kernel delivers before the cancellation lands) are kept, in order,
+/// for the socket's next `read`, `readv` or `recv_multishot`: no byte is
+/// lost.
 pub struct RecvMulti<'a> {
     inner: RecvChunks,
     _stream: PhantomData<&'a TcpStream>,
