@@ -21,8 +21,18 @@
 //! a read into one is an `InvalidInput` error. Wrap it in an [`Overwrite`]
 //! (or call [`IoBufMut::overwrite`]) to let reads write over its bytes from
 //! the start.
+//!
+//! ## Provided-buffer rings
+//! [`BufRing`] is a pool of buffers that receives pick from as data
+//! arrives (`IORING_REGISTER_PBUF_RING` on io_uring, emulated on epoll);
+//! [`TcpStream::recv_multishot`](crate::net::TcpStream::recv_multishot)
+//! yields [`Chunk`]s of it, which go back to the ring when dropped.
 
 use std::ops::{Bound, Deref, DerefMut, RangeBounds};
+
+mod ring;
+
+pub use ring::{BufRing, Chunk};
 
 /// An op's result together with its buffer, handed back either way.
 pub type BufResult<T, B> = (std::io::Result<T>, B);
@@ -448,4 +458,19 @@ pub(crate) fn advance<B: IoBufMut>(b: &mut B, n: usize) {
 /// The initialised bytes as (pointer, length), for writes.
 pub(crate) fn init<B: IoBuf>(b: &B) -> (*const u8, usize) {
     (b.stable_ptr(), b.bytes_init())
+}
+
+/// Copies as much of `src` as fits into `b`'s spare capacity; returns how
+/// many bytes. `InvalidInput` if `b` has no spare capacity (as a read).
+pub(crate) fn fill_from<B: IoBufMut>(b: &mut B, src: &[u8]) -> std::io::Result<usize> {
+    let (p, room) = spare(b);
+    if room == 0 {
+        return Err(crate::driver::op::rw::no_spare_capacity());
+    }
+    let n = room.min(src.len());
+    // SAFETY: `p` is writable for `room >= n` bytes (the spare capacity,
+    // IoBufMut's contract), and `src` is a distinct live slice.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p, n) };
+    advance(b, n);
+    Ok(n)
 }

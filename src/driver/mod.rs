@@ -18,6 +18,7 @@
 //! raw SQEs on io_uring).
 
 pub(crate) mod blocking;
+pub(crate) mod bufring;
 pub(crate) mod epoll;
 pub(crate) mod op;
 #[cfg(test)]
@@ -115,9 +116,15 @@ pub struct Features {
     pub ext_arg: bool,
     /// Multishot accept (5.19).
     pub multishot_accept: bool,
-    /// Multishot receive with provided buffers (6.0).
+    /// Multishot receive with provided buffers (6.0): inferred from
+    /// `IORING_OP_SEND_ZC` (same release) and a working buffer ring.
+    /// `false` when buffer rings are emulated (see `buf_ring`).
     pub recv_multishot: bool,
-    /// Provided-buffer rings, `IORING_REGISTER_PBUF_RING` (5.19).
+    /// Provided-buffer rings, `IORING_REGISTER_PBUF_RING` (5.19), probed
+    /// by registering a one-entry ring at set-up. `false` on epoll, and
+    /// when forced off (`URINGIO_BUF_RING=emulate`, or the builder's
+    /// hidden `emulate_buf_ring`): [`BufRing`](crate::buf::BufRing)s are
+    /// then emulated in user space.
     pub buf_ring: bool,
     /// `IORING_OP_SEND_ZC` (6.0).
     pub send_zc: bool,
@@ -157,6 +164,11 @@ pub struct Stats {
     /// Ops waiting for readiness right now (epoll): one per op that got
     /// `EAGAIN` and has not completed or been dropped.
     pub readiness_waiters: u64,
+    /// Times a receive into a [`BufRing`](crate::buf::BufRing) found it
+    /// empty: an `ENOBUFS` completion on io_uring (the receive is re-armed
+    /// once a buffer is back), or, when emulated, a wait for a free
+    /// buffer.
+    pub buf_ring_empty: u64,
 }
 
 /// The counters of the loop running on this thread.
@@ -185,7 +197,14 @@ pub(crate) struct DriverConfig {
     /// A simulated `io_uring_setup` failure (`EPERM`, `ENOSYS`, `EINVAL`,
     /// `ENOMEM`, `disabled`), for tests of the fallback.
     pub simulate_failure: Option<String>,
+    /// The loop's default buffer ring: (entries, buffer size).
+    pub buf_ring: (u32, usize),
+    /// Emulate buffer rings even where the kernel has them.
+    pub buf_ring_emulate: bool,
 }
+
+/// The default buffer ring's shape: 256 buffers of 4 KiB (1 MiB per loop).
+pub(crate) const DEFAULT_BUF_RING: (u32, usize) = (256, 4096);
 
 // The io_uring variant is larger; boxing it would add a pointer chase on
 // every op for no gain (there is exactly one driver per loop).
@@ -205,6 +224,11 @@ pub(crate) struct Driver {
     pub(crate) stats: Cell<Stats>,
     pub(crate) kind: Backend,
     pub(crate) fallback_reason: Option<String>,
+    /// Shape of the default buffer group.
+    pub(crate) buf_ring_shape: (u32, usize),
+    /// The loop's default buffer group, made on first use. Declared after
+    /// `inner` so the ring is closed first when the driver goes.
+    pub(crate) default_group: RefCell<Option<Rc<bufring::BufGroup>>>,
 }
 
 impl Driver {
@@ -231,6 +255,19 @@ impl Driver {
             },
             b => b,
         };
+        let mut cfg = cfg.clone();
+        match std::env::var("URINGIO_BUF_RING").ok().as_deref() {
+            Some("emulate") | Some("emulated") => cfg.buf_ring_emulate = true,
+            Some("kernel") | Some("auto") | Some("") | None => {}
+            Some(other) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("URINGIO_BUF_RING={other:?} is not one of emulate, auto"),
+                ));
+            }
+        }
+        bufring::check_shape(cfg.buf_ring.0, cfg.buf_ring.1)?;
+        let cfg = &cfg;
         let simulate = cfg
             .simulate_failure
             .clone()
@@ -248,6 +285,8 @@ impl Driver {
                         stats: Cell::new(Stats::default()),
                         kind: Backend::IoUring,
                         fallback_reason: None,
+                        buf_ring_shape: cfg.buf_ring,
+                        default_group: RefCell::new(None),
                     });
                 }
                 Err(uring::SetupError::Refused(reason)) => {
@@ -274,6 +313,8 @@ impl Driver {
             stats: Cell::new(Stats::default()),
             kind: Backend::Epoll,
             fallback_reason,
+            buf_ring_shape: cfg.buf_ring,
+            default_group: RefCell::new(None),
         })
     }
 
@@ -405,6 +446,13 @@ pub(crate) fn epoll_wait_ready(
     match &mut *driver.inner.borrow_mut() {
         Backends::Epoll(e) => e.wait_ready(fd, write, waker, token),
         Backends::Uring(_) => Ok(()),
+    }
+}
+
+/// Removes the readiness waiter `token` from `fd` (epoll only).
+pub(crate) fn epoll_unwait(driver: &Driver, fd: i32, write: bool, token: u64) {
+    if let Backends::Epoll(e) = &mut *driver.inner.borrow_mut() {
+        e.unwait(fd, write, token);
     }
 }
 

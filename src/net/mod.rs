@@ -9,12 +9,14 @@
 //! end-of-stream. To read over a full buffer (a `Box<[u8]>`, a full `Vec`),
 //! wrap it in [`buf::Overwrite`](crate::buf::Overwrite).
 
+mod recv;
 mod resolve;
 mod socket;
 mod tcp;
 mod udp;
 mod unix;
 
+pub use recv::RecvMulti;
 pub use resolve::ToSocketAddrs;
 pub(crate) use resolve::resolve_async;
 pub(crate) use socket::Socket;

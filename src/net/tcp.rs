@@ -8,10 +8,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
+use super::recv::{ReadFirst, RecvMulti};
 use super::{Socket, ToSocketAddrs as ConnectAddrs, each_addr, resolve, resolve_async};
 use crate::BufResult;
-use crate::buf::{IoBuf, IoBufMut};
+use crate::buf::{self, BufRing, IoBuf, IoBufMut};
 use crate::driver::Cancellable;
+use crate::driver::bufring::RecvLeftover;
 use crate::driver::op::net as ops;
 use crate::driver::op::{AcceptMulti, Op};
 use crate::driver::uring::FdBacklog;
@@ -237,6 +239,9 @@ impl futures_core::Stream for Incoming<'_> {
 /// A TCP connection.
 pub struct TcpStream {
     sock: Socket,
+    /// What dropped receive streams left (see [`TcpStream::recv_multishot`]);
+    /// made by the first one.
+    leftover: std::cell::RefCell<Option<RecvLeftover>>,
 }
 
 impl std::fmt::Debug for TcpStream {
@@ -252,7 +257,77 @@ impl TcpStream {
     pub(crate) fn from_fd(fd: OwnedFd) -> TcpStream {
         TcpStream {
             sock: Socket::new(fd),
+            leftover: Default::default(),
         }
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.sock.fd()
+    }
+
+    /// The socket's leftover queue, made on first use.
+    pub(crate) fn leftover(&self) -> RecvLeftover {
+        self.leftover
+            .borrow_mut()
+            .get_or_insert_with(Default::default)
+            .clone()
+    }
+
+    /// The leftover queue if a read must look at it first.
+    pub(crate) fn pending_leftover(&self) -> Option<RecvLeftover> {
+        let l = self.leftover.borrow();
+        let l = l.as_ref()?;
+        let busy = {
+            let b = l.borrow();
+            !b.items.is_empty() || b.in_flight > 0
+        };
+        busy.then(|| l.clone())
+    }
+
+    /// [`read`](Self::read) as its op type, without the bytes a dropped
+    /// `recv_multishot` left (the transport layer never mixes the two).
+    pub(crate) fn read_op<B: IoBufMut>(&self, buf: B) -> Op<ops::Read<B>> {
+        let fixed = self.sock.fixed();
+        Op::new(
+            ops::Read::new(self.sock.fd(), buf, None, true)
+                .stream()
+                .fixed(fixed),
+        )
+    }
+
+    fn readv_op<B: IoBufMut>(&self, bufs: Vec<B>) -> Op<ops::ReadV<B>> {
+        Op::new(ops::ReadV::new(self.sock.fd(), bufs, None, true))
+    }
+
+    /// Receives into `ring`'s buffers: a stream of [`Chunk`](buf::Chunk)s
+    /// of received bytes, in order, that ends at the end of the stream.
+    ///
+    /// On io_uring (6.0+, with a kernel [`BufRing`]) one multishot
+    /// receive serves every chunk: the kernel picks a buffer as bytes
+    /// arrive, so a waiting stream holds no buffer. Elsewhere each chunk
+    /// is a plain receive into a free buffer once the socket is readable.
+    /// When the ring is empty the stream waits for a chunk to be dropped;
+    /// nothing is lost and order is kept.
+    ///
+    /// Dropping the stream cancels the receive. Chunks it had already
+    /// received (or that arrive before the cancellation lands) are kept
+    /// with the socket, and the next [`read`](Self::read),
+    /// [`readv`](Self::readv) or `recv_multishot` returns them first: no
+    /// byte is lost. Do not read the socket another way while a stream
+    /// is alive: the two would share the bytes in no defined order.
+    ///
+    /// The stream yields an `InvalidInput` error if `ring` belongs to
+    /// another loop's io_uring.
+    pub fn recv_multishot(&self, ring: &BufRing) -> RecvMulti<'_> {
+        RecvMulti::new(self, ring)
+    }
+
+    /// [`recv_multishot`](Self::recv_multishot) without the borrow, for
+    /// transports that keep the stream next to the socket. The caller
+    /// drops it before the socket (it names the socket by number).
+    #[allow(dead_code)]
+    pub(crate) fn recv_multishot_detached(&self, ring: &BufRing) -> RecvMulti<'static> {
+        RecvMulti::new(self, ring)
     }
 
     /// Takes over a connected std stream (made non-blocking).
@@ -288,18 +363,10 @@ impl TcpStream {
     }
 
     /// Reads into `buf`'s spare capacity; `Ok(0)` at end of stream.
+    /// Bytes a dropped [`recv_multishot`](Self::recv_multishot) stream
+    /// left come first.
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        self.read_op(buf)
-    }
-
-    /// [`read`](Self::read) as its op type (for the transport layer).
-    pub(crate) fn read_op<B: IoBufMut>(&self, buf: B) -> Op<ops::Read<B>> {
-        let fixed = self.sock.fixed();
-        Op::new(
-            ops::Read::new(self.sock.fd(), buf, None, true)
-                .stream()
-                .fixed(fixed),
-        )
+        ReadFirst::new(self, buf, buf::fill_from, Self::read_op)
     }
 
     /// [`write`](Self::write) as its op type.
@@ -324,12 +391,19 @@ impl TcpStream {
         ops::write_all(self.sock.fd(), buf, None, true, fixed).await
     }
 
-    /// Reads into several buffers' spare capacity, in order.
+    /// Reads into several buffers' spare capacity, in order. Bytes a
+    /// dropped [`recv_multishot`](Self::recv_multishot) stream left come
+    /// first.
     pub fn readv<B: IoBufMut>(
         &self,
         bufs: Vec<B>,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
-        Op::new(ops::ReadV::new(self.sock.fd(), bufs, None, true))
+        ReadFirst::new(
+            self,
+            bufs,
+            |v: &mut Vec<B>, s| fill_vec(v, s),
+            Self::readv_op,
+        )
     }
 
     /// Writes several buffers in order, in one system call or SQE.
@@ -410,6 +484,11 @@ impl OwnedReadHalf {
         self.s.readv(bufs)
     }
 
+    /// See [`TcpStream::recv_multishot`].
+    pub fn recv_multishot(&self, ring: &BufRing) -> RecvMulti<'_> {
+        self.s.recv_multishot(ring)
+    }
+
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.s.peer_addr()
@@ -451,4 +530,21 @@ impl OwnedWriteHalf {
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.s.peer_addr()
     }
+}
+
+/// Copies `src` into the buffers' spare capacity, in order.
+fn fill_vec<B: IoBufMut>(bufs: &mut [B], src: &[u8]) -> io::Result<usize> {
+    let mut n = 0;
+    for b in bufs.iter_mut() {
+        if n == src.len() {
+            break;
+        }
+        if b.bytes_total() > b.bytes_init() {
+            n += buf::fill_from(b, &src[n..])?;
+        }
+    }
+    if n == 0 && !src.is_empty() {
+        return Err(crate::driver::op::rw::no_spare_capacity());
+    }
+    Ok(n)
 }

@@ -33,6 +33,8 @@ pub struct Builder {
     slow: Duration,
     blocking_threads: usize,
     simulate_failure: Option<String>,
+    buf_ring: (u32, usize),
+    buf_ring_emulate: bool,
     pub(crate) tpc: threads::TpcConfig,
 }
 
@@ -46,6 +48,8 @@ impl Default for Builder {
             slow: Duration::from_millis(100),
             blocking_threads: 16,
             simulate_failure: None,
+            buf_ring: crate::driver::DEFAULT_BUF_RING,
+            buf_ring_emulate: false,
             tpc: threads::TpcConfig::default(),
         }
     }
@@ -109,6 +113,28 @@ impl Builder {
         self
     }
 
+    /// The shape of the loop's default provided-buffer ring, which the
+    /// loop's connections share for their receives: `entries` buffers (a
+    /// power of two, at most 32768) of `buf_size` bytes, made on first
+    /// use. The default, 256 × 4 KiB, is 1 MiB per loop: a 4 KiB buffer
+    /// holds a typical request and a page of bulk data, and 256 of them
+    /// cover the bursts of a few dozen busy connections before the ring
+    /// runs empty (which only slows receives down: they wait for buffers
+    /// to come back and lose nothing). Checked by [`build`](Self::build).
+    pub fn buf_ring(mut self, entries: u32, buf_size: usize) -> Builder {
+        self.buf_ring = (entries, buf_size);
+        self
+    }
+
+    /// Emulates provided-buffer rings in user space even where the kernel
+    /// has them, as on epoll (for testing the fallback; the environment
+    /// variable `URINGIO_BUF_RING=emulate` does the same).
+    #[doc(hidden)]
+    pub fn emulate_buf_ring(mut self, on: bool) -> Builder {
+        self.buf_ring_emulate = on;
+        self
+    }
+
     /// Builds the loop on this thread.
     pub fn build(&self) -> io::Result<Runner> {
         let shared = Shared::new()?;
@@ -118,6 +144,8 @@ impl Builder {
             entries: self.entries,
             sqpoll: self.sqpoll,
             simulate_failure: self.simulate_failure.clone(),
+            buf_ring: self.buf_ring,
+            buf_ring_emulate: self.buf_ring_emulate,
         };
         let driver = Driver::new(&cfg, shared.wake_fd(), shared.clone(), &pool)?;
         let debug = self.debug.unwrap_or_else(|| {

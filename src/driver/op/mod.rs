@@ -31,6 +31,7 @@
 
 pub(crate) mod fs;
 pub(crate) mod net;
+pub(crate) mod recv;
 pub(crate) mod rw;
 pub(crate) mod signal;
 pub(crate) mod sock;
@@ -685,7 +686,7 @@ impl AcceptMulti {
             let key = match self.key {
                 Some(k) => k,
                 None => {
-                    let k = u.submit_multi(net::accept_multi_sqe(self.fd), cx.waker())?;
+                    let k = u.submit_multi(net::accept_multi_sqe(self.fd), cx.waker(), None)?;
                     self.key = Some(k);
                     k
                 }

@@ -88,7 +88,7 @@ fn rw_mode(fd: RawFd, socket: bool, offset: Option<u64>, write: bool) -> Mode {
 ///
 /// # Safety
 /// `ptr..ptr+len` must be writable memory owned by the caller.
-unsafe fn raw_recv(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
+pub(super) unsafe fn raw_recv(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
     // SAFETY: recvfrom with null address arguments is recv; the caller
     // vouches for the buffer.
     unsafe {

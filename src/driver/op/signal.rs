@@ -198,6 +198,13 @@ pub(crate) struct Readable {
     fd: RawFd,
 }
 
+impl Readable {
+    /// Waits for `fd` to be readable.
+    pub(crate) fn new(fd: RawFd) -> Readable {
+        Readable { fd }
+    }
+}
+
 impl OpCode for Readable {
     type Output = io::Result<()>;
 

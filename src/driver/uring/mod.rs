@@ -52,6 +52,7 @@ mod probe;
 pub(crate) use probe::SetupError;
 
 use super::Stats;
+use super::bufring::{BufGroup, RecvLate};
 
 pub(crate) const WAKE_KEY: u64 = u64::MAX;
 pub(crate) const CANCEL_KEY: u64 = u64::MAX - 1;
@@ -75,6 +76,9 @@ enum Slot {
         waker: Option<Waker>,
         ended: bool,
         cancelled: bool,
+        /// The buffer group its CQEs' buffers come from, told of each
+        /// buffer the kernel took as the CQE is reaped.
+        group: Option<std::rc::Rc<BufGroup>>,
     },
     /// Dropped (always cancelled); what to do with results still coming.
     MultiAbandoned(Option<Box<dyn Any>>, LateResults),
@@ -85,6 +89,9 @@ pub(crate) enum LateResults {
     /// They are new descriptors (accepted connections): keep them here
     /// for the next accept on the same listener.
     Keep(FdBacklog),
+    /// They are received bytes in provided buffers: keep them, in order,
+    /// for the socket's next read (see [`RecvLate`]).
+    Recv(RecvLate),
 }
 
 /// Accepted connections that a dropped multishot accept took from the
@@ -92,18 +99,21 @@ pub(crate) enum LateResults {
 pub(crate) type FdBacklog = std::rc::Rc<std::cell::RefCell<VecDeque<std::os::fd::OwnedFd>>>;
 
 impl LateResults {
-    fn take(&self, res: i32) {
-        if res < 0 {
-            return;
-        }
+    /// One late CQE; a waker to run with the driver released may go to
+    /// `woken`.
+    fn take(&self, res: i32, flags: u32, woken: &mut Vec<Waker>) {
         match self {
             LateResults::Keep(b) => {
+                if res < 0 {
+                    return;
+                }
                 use std::os::fd::FromRawFd;
                 // SAFETY: the kernel handed us this new descriptor and
                 // nobody else has it.
                 let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(res) };
                 b.borrow_mut().push_back(fd);
             }
+            LateResults::Recv(r) => woken.extend(r.take(res, flags)),
         }
     }
 }
@@ -129,6 +139,10 @@ pub(crate) struct Uring {
     /// Wakers of completed ops, run by the caller once the driver is
     /// released.
     woken: Vec<Waker>,
+    /// Buffer-group ids given back, reused first; ids `next_bgid..` were
+    /// never used.
+    free_bgids: Vec<u16>,
+    next_bgid: u32,
 }
 
 /// Slots of the ring's sparse registered-file table.
@@ -294,13 +308,20 @@ impl Uring {
         key
     }
 
-    /// Queues a multishot SQE; its CQEs queue up in the slot.
-    pub(crate) fn submit_multi(&mut self, sqe: squeue::Entry, waker: &Waker) -> io::Result<usize> {
+    /// Queues a multishot SQE; its CQEs queue up in the slot. `group`:
+    /// the provided-buffer group it selects from, if any.
+    pub(crate) fn submit_multi(
+        &mut self,
+        sqe: squeue::Entry,
+        waker: &Waker,
+        group: Option<std::rc::Rc<BufGroup>>,
+    ) -> io::Result<usize> {
         let key = self.slots.insert(Slot::Multi {
             queue: VecDeque::new(),
             waker: Some(waker.clone()),
             ended: false,
             cancelled: false,
+            group,
         });
         self.enqueue(key, sqe);
         Ok(key)
@@ -360,8 +381,8 @@ impl Uring {
         late: LateResults,
     ) {
         if let Some(Slot::Multi { queue, .. }) = self.slots.get_mut(key) {
-            for (res, _) in queue.drain(..) {
-                late.take(res);
+            for (res, flags) in queue.drain(..) {
+                late.take(res, flags, &mut self.woken);
             }
         }
         let unsubmitted = self.unqueue(key);
@@ -369,20 +390,76 @@ impl Uring {
             Some(Slot::Multi { ended: true, .. }) => {
                 self.slots.remove(key);
                 self.garbage.extend(keep);
+                // Dropped with the driver released (it may wake a reader).
+                self.garbage.push(Box::new(late));
             }
             Some(Slot::Multi { .. }) if unsubmitted => {
                 // The kernel never saw it.
                 self.slots.remove(key);
                 self.garbage.extend(keep);
+                self.garbage.push(Box::new(late));
             }
             Some(Slot::Multi { cancelled, .. }) => {
                 let cancelled = *cancelled;
+                if let LateResults::Recv(r) = &late {
+                    r.start();
+                }
                 self.slots[key] = Slot::MultiAbandoned(keep, late);
                 if !cancelled {
                     self.send_cancel(key);
                 }
             }
-            _ => self.garbage.extend(keep),
+            _ => {
+                self.garbage.extend(keep);
+                self.garbage.push(Box::new(late));
+            }
+        }
+    }
+
+    /// Registers a provided-buffer ring of `entries` `io_uring_buf`s at
+    /// `addr` under a fresh group id, which it returns.
+    pub(crate) fn register_buf_ring(&mut self, addr: u64, entries: u16) -> io::Result<u16> {
+        let bgid = match self.free_bgids.pop() {
+            Some(b) => b,
+            None if self.next_bgid <= u16::MAX as u32 => {
+                self.next_bgid += 1;
+                (self.next_bgid - 1) as u16
+            }
+            None => {
+                return Err(io::Error::other(
+                    "all 65536 buffer-group ids of this loop are in use",
+                ));
+            }
+        };
+        // SAFETY: the caller (BufGroup) keeps the ring memory, `entries`
+        // page-aligned io_uring_buf structs, alive until
+        // `unregister_buf_ring` succeeds or the ring is gone.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buf_ring_with_flags(addr, entries, bgid, 0)
+        };
+        match r {
+            Ok(()) => Ok(bgid),
+            Err(e) => {
+                self.free_bgids.push(bgid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unregisters buffer group `bgid`; `false` if the kernel refused (its
+    /// memory must then be leaked).
+    pub(crate) fn unregister_buf_ring(&mut self, bgid: u16) -> bool {
+        match self.ring.submitter().unregister_buf_ring(bgid) {
+            Ok(()) => {
+                self.free_bgids.push(bgid);
+                true
+            }
+            Err(e) => {
+                log::warn!("uringio: unregistering buffer ring {bgid}: {e}");
+                false
+            }
         }
     }
 
@@ -647,7 +724,11 @@ impl Uring {
                     waker,
                     ended,
                     cancelled,
+                    group,
                 } => {
+                    if let (Some(g), Some(_)) = (group, cqueue::buffer_select(flags)) {
+                        g.kernel_took();
+                    }
                     queue.push_back((res, flags));
                     if !more {
                         *ended = true;
@@ -658,11 +739,16 @@ impl Uring {
                     self.woken.extend(waker.take());
                 }
                 Slot::MultiAbandoned(_, late) => {
-                    late.take(res);
+                    if let (LateResults::Recv(r), Some(_)) = (&*late, cqueue::buffer_select(flags))
+                    {
+                        r.group().kernel_took();
+                    }
+                    late.take(res, flags, &mut self.woken);
                     if !more {
                         self.cancelling -= 1;
-                        if let Slot::MultiAbandoned(Some(d), _) = self.slots.remove(key) {
-                            self.garbage.push(d);
+                        if let Slot::MultiAbandoned(d, late) = self.slots.remove(key) {
+                            self.garbage.extend(d);
+                            self.garbage.push(Box::new(late));
                         }
                     }
                 }

@@ -77,7 +77,41 @@ pub(crate) const OPTIONAL: &[Opcode] = &[
     op(opcode::MsgRingData::CODE, "MSG_RING", "MsgRingData"),
     op(opcode::WaitId::CODE, "WAITID", "WaitId"),
     op(opcode::Ftruncate::CODE, "FTRUNCATE", "Ftruncate"),
+    // Multishot receive rides on RECV (6.0, with SEND_ZC); see
+    // uring-sys-notes/multishot-recv.md.
+    op(opcode::Recv::CODE, "RECV", "RecvMulti"),
 ];
+
+/// Whether the kernel takes a provided-buffer ring
+/// (`IORING_REGISTER_PBUF_RING`, 5.19): registers a one-entry ring under
+/// group 0 and unregisters it. See uring-sys-notes/provided-buffer-rings.md.
+fn probe_buf_ring(ring: &IoUring) -> bool {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let Ok(layout) = std::alloc::Layout::from_size_align(page, page) else {
+        return false;
+    };
+    // SAFETY: the layout has a non-zero size.
+    let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+    if mem.is_null() {
+        return false;
+    }
+    // SAFETY: `mem` is a zeroed, page-aligned page (one io_uring_buf with
+    // tail 0: an empty ring), alive until after the unregister below (or
+    // leaked if that fails).
+    let ok = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(mem as u64, 1, 0, 0)
+            .is_ok()
+    };
+    if ok && ring.submitter().unregister_buf_ring(0).is_err() {
+        // Still registered: the kernel may keep reading it. Leak the page.
+        return true;
+    }
+    // SAFETY: allocated above with `layout`; the kernel no longer has it.
+    unsafe { std::alloc::dealloc(mem, layout) };
+    ok
+}
 
 /// The opcode a `missing-opcode:IORING_OP_X` simulation names, upper-case
 /// and without the `IORING_OP_` prefix.
@@ -276,6 +310,13 @@ impl Uring {
         };
         let five_nineteen = optional("SOCKET");
         let six_zero = optional("SEND_ZC");
+        // Buffer rings are probed for real (register a tiny one); multishot
+        // receive, a flag rather than an opcode, arrived with SEND_ZC (6.0)
+        // and needs a ring. A kernel that still refuses it (EINVAL on the
+        // first CQE) gets one-shot receives from the ring instead (see
+        // op/recv.rs). Both can be forced off (emulated rings).
+        let buf_ring = !cfg.buf_ring_emulate && probe_buf_ring(&ring);
+        let recv_multishot = buf_ring && six_zero;
         let features = Features {
             io_uring: true,
             kernel: String::new(),
@@ -286,8 +327,8 @@ impl Uring {
             nodrop: params.is_feature_nodrop(),
             ext_arg: true,
             multishot_accept: five_nineteen,
-            recv_multishot: six_zero,
-            buf_ring: five_nineteen,
+            recv_multishot,
+            buf_ring,
             send_zc: six_zero,
             msg_ring: optional("MSG_RING"),
             waitid: optional("WAITID"),
@@ -309,6 +350,8 @@ impl Uring {
                 files: super::FixedFiles::new(files),
                 cancelling: 0,
                 woken: Vec::new(),
+                free_bgids: Vec::new(),
+                next_bgid: 0,
             },
             features,
         ))
@@ -324,6 +367,7 @@ mod tests {
         ("op/fs.rs", include_str!("../op/fs.rs")),
         ("op/mod.rs", include_str!("../op/mod.rs")),
         ("op/net.rs", include_str!("../op/net.rs")),
+        ("op/recv.rs", include_str!("../op/recv.rs")),
         ("op/rw.rs", include_str!("../op/rw.rs")),
         ("op/signal.rs", include_str!("../op/signal.rs")),
         ("op/sock.rs", include_str!("../op/sock.rs")),
