@@ -86,8 +86,6 @@ impl BufRing {
     /// The running loop's shared ring (made on first use, with the shape
     /// set by [`Builder::buf_ring`](crate::Builder::buf_ring)). For the
     /// transports, which share one ring per loop.
-    // Used by the transports (src/transport/, being written) and tests.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn loop_default() -> io::Result<BufRing> {
         let d = driver::current().ok_or_else(|| {
             io::Error::other("the loop's buffer ring was asked for outside a running uringio loop")

@@ -325,7 +325,6 @@ impl TcpStream {
     /// [`recv_multishot`](Self::recv_multishot) without the borrow, for
     /// transports that keep the stream next to the socket. The caller
     /// drops it before the socket (it names the socket by number).
-    #[allow(dead_code)]
     pub(crate) fn recv_multishot_detached(&self, ring: &BufRing) -> RecvMulti<'static> {
         RecvMulti::new(self, ring)
     }

@@ -34,7 +34,7 @@ use std::task::{Context, Poll, Waker};
 use super::Protocol;
 use crate::BufResult;
 use crate::driver::op::{Op, rw};
-use crate::net::TcpStream;
+use crate::net::{RecvMulti, TcpStream};
 use crate::runtime::{ExceptionContext, get_running_loop};
 use crate::task::Task;
 
@@ -86,6 +86,11 @@ pub(crate) trait Conn: 'static {
     fn send(&self, buf: Vec<u8>) -> Self::Send;
     /// Sends as much of `bufs` as it can in one call.
     fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV;
+    /// A receive stream from the loop's shared buffer ring (multishot on
+    /// io_uring), where the connection has one: no buffer per connection.
+    fn recv_stream(&self) -> Option<RecvMulti<'static>> {
+        None
+    }
     /// Shuts the write side (`None` if it cannot: `can_write_eof` false).
     fn shutdown_write(&self) -> Option<io::Result<()>>;
     /// Whether `write_eof` is possible.
@@ -120,6 +125,10 @@ impl Conn for TcpStream {
     }
     fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
         self.writev_op(bufs)
+    }
+    fn recv_stream(&self) -> Option<RecvMulti<'static>> {
+        let ring = crate::buf::BufRing::loop_default().ok()?;
+        Some(self.recv_multishot_detached(&ring))
     }
     fn shutdown_write(&self) -> Option<io::Result<()>> {
         Some(self.shutdown(std::net::Shutdown::Write))
@@ -658,6 +667,8 @@ pub(crate) fn start<C: Conn>(
         done: false,
     };
     let mut pump = Pump {
+        multi: None,
+        multi_tried: false,
         core: core.clone(),
         conn,
         recv: None,
@@ -665,6 +676,7 @@ pub(crate) fn start<C: Conn>(
         rbuf: None,
         send: None,
         read_done: false,
+        uses_ring: false,
     };
     let task = crate::spawn(async move {
         let mut guard = guard;
@@ -684,6 +696,12 @@ enum Sending<C: Conn> {
 
 /// The connection's task: a receive and a send, each in flight or not.
 struct Pump<C: Conn> {
+    /// The receive stream from the loop's buffer ring, when the
+    /// connection has one (declared first: dropped before the socket).
+    multi: Option<RecvMulti<'static>>,
+    /// `recv_stream` was asked (it is asked once; `None` means plain
+    /// receives into `rbuf`).
+    multi_tried: bool,
     core: Rc<Core>,
     conn: Rc<C>,
     recv: Option<C::Recv>,
@@ -694,6 +712,8 @@ struct Pump<C: Conn> {
     send: Option<Sending<C>>,
     /// End of stream (or closing): no more receives.
     read_done: bool,
+    /// Receives come from the buffer ring (`multi`), re-made after a pause.
+    uses_ring: bool,
 }
 
 /// What a poll step saw.
@@ -853,6 +873,56 @@ impl<C: Conn> Pump<C> {
         Ok(())
     }
 
+    /// The buffer-ring path: each chunk is handed to `data_received`
+    /// straight from ring memory, and goes back to the ring when the
+    /// callback returns. Pausing drops the stream (the multishot receive
+    /// is cancelled, so the kernel's buffer fills); what it had received
+    /// stays with the socket and comes first from the next stream.
+    fn poll_ring(&mut self, cx: &mut Context<'_>, paused: bool) -> Step {
+        if paused {
+            self.multi = None;
+            return Step::Idle;
+        }
+        if self.multi.is_none() {
+            self.multi = self.conn.recv_stream();
+        }
+        let Some(m) = self.multi.as_mut() else {
+            // The ring went away (the loop is closing).
+            self.read_done = true;
+            return Step::Idle;
+        };
+        match m.poll_next_chunk(cx) {
+            Poll::Pending => Step::Idle,
+            Poll::Ready(None) => {
+                self.multi = None;
+                self.eof()
+            }
+            Poll::Ready(Some(Ok(chunk))) => {
+                let ok = self.core.call(|p| p.data_received(&chunk)).is_some();
+                drop(chunk);
+                if ok { Step::Progress } else { Step::Done }
+            }
+            Poll::Ready(Some(Err(e))) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Poll::Ready(Some(Err(e))) => {
+                self.multi = None;
+                self.core.lose(Some(e));
+                Step::Done
+            }
+        }
+    }
+
+    /// End of stream: `eof_received`, then close unless it keeps the
+    /// write side open.
+    fn eof(&mut self) -> Step {
+        self.read_done = true;
+        match self.core.call(|p| p.eof_received()) {
+            Some(true) if self.core.writable => {}
+            Some(_) => self.core.close(),
+            None => return Step::Done,
+        }
+        Step::Progress
+    }
+
     /// Starts a receive, finishes the one in flight, or hands over what
     /// was held back while reading was paused.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Step {
@@ -868,7 +938,16 @@ impl<C: Conn> Pump<C> {
             // cancelled (dropped).
             self.read_done = true;
             self.recv = None;
+            self.multi = None;
             return Step::Progress;
+        }
+        if !self.multi_tried {
+            self.multi_tried = true;
+            self.multi = self.conn.recv_stream();
+            self.uses_ring = self.multi.is_some();
+        }
+        if self.uses_ring {
+            return self.poll_ring(cx, paused);
         }
         if paused {
             // Keep a receive in flight (at most one buffer is taken from
@@ -903,13 +982,8 @@ impl<C: Conn> Pump<C> {
         };
         match res {
             Ok(0) => {
-                self.read_done = true;
-                match self.core.call(|p| p.eof_received()) {
-                    Some(true) if self.core.writable => {}
-                    Some(_) => self.core.close(),
-                    None => return Step::Done,
-                }
-                Step::Progress
+                self.rbuf = Some(buf);
+                self.eof()
             }
             Ok(_) => {
                 let ok = self.core.call(|p| p.data_received(&buf)).is_some();
