@@ -671,9 +671,7 @@ pub(crate) fn start<C: Conn>(
         multi_tried: false,
         core: core.clone(),
         conn,
-        recv: None,
-        held: None,
-        rbuf: None,
+        plain: None,
         send: None,
         read_done: false,
         uses_ring: false,
@@ -704,16 +702,23 @@ struct Pump<C: Conn> {
     multi_tried: bool,
     core: Rc<Core>,
     conn: Rc<C>,
-    recv: Option<C::Recv>,
-    /// A receive that completed while reading was paused.
-    held: Option<(io::Result<usize>, Vec<u8>)>,
-    /// The receive buffer between receives.
-    rbuf: Option<Vec<u8>>,
+    /// The plain receive path's state (connections without a buffer
+    /// ring), boxed: ring connections, the many idle ones, do not carry it.
+    plain: Option<Box<PlainRecv<C>>>,
     send: Option<Sending<C>>,
     /// End of stream (or closing): no more receives.
     read_done: bool,
     /// Receives come from the buffer ring (`multi`), re-made after a pause.
     uses_ring: bool,
+}
+
+/// A plain receive (into a buffer of the connection's own).
+struct PlainRecv<C: Conn> {
+    recv: Option<C::Recv>,
+    /// A receive that completed while reading was paused.
+    held: Option<(io::Result<usize>, Vec<u8>)>,
+    /// The receive buffer between receives.
+    rbuf: Option<Vec<u8>>,
 }
 
 /// What a poll step saw.
@@ -937,7 +942,7 @@ impl<C: Conn> Pump<C> {
             // No more data after close(): an in-flight receive is
             // cancelled (dropped).
             self.read_done = true;
-            self.recv = None;
+            self.plain = None;
             self.multi = None;
             return Step::Progress;
         }
@@ -949,32 +954,40 @@ impl<C: Conn> Pump<C> {
         if self.uses_ring {
             return self.poll_ring(cx, paused);
         }
+        let conn = &self.conn;
+        let pl = self.plain.get_or_insert_with(|| {
+            Box::new(PlainRecv {
+                recv: None,
+                held: None,
+                rbuf: None,
+            })
+        });
         if paused {
             // Keep a receive in flight (at most one buffer is taken from
             // the kernel), deliver nothing.
-            if let Some(f) = self.recv.as_mut() {
+            if let Some(f) = pl.recv.as_mut() {
                 if let Poll::Ready(r) = Pin::new(f).poll(cx) {
-                    self.recv = None;
-                    self.held = Some(r);
+                    pl.recv = None;
+                    pl.held = Some(r);
                 }
             }
             return Step::Idle;
         }
-        let (res, buf) = match self.held.take() {
+        let (res, buf) = match pl.held.take() {
             Some(r) => r,
             None => {
-                let f = self.recv.get_or_insert_with(|| {
-                    let mut b = self
+                let f = pl.recv.get_or_insert_with(|| {
+                    let mut b = pl
                         .rbuf
                         .take()
                         .unwrap_or_else(|| Vec::with_capacity(READ_SIZE));
                     b.clear();
-                    self.conn.recv(b)
+                    conn.recv(b)
                 });
                 match Pin::new(f).poll(cx) {
                     Poll::Pending => return Step::Idle,
                     Poll::Ready(r) => {
-                        self.recv = None;
+                        pl.recv = None;
                         r
                     }
                 }
@@ -982,16 +995,18 @@ impl<C: Conn> Pump<C> {
         };
         match res {
             Ok(0) => {
-                self.rbuf = Some(buf);
+                pl.rbuf = Some(buf);
                 self.eof()
             }
             Ok(_) => {
                 let ok = self.core.call(|p| p.data_received(&buf)).is_some();
-                self.rbuf = Some(buf);
+                if let Some(pl) = self.plain.as_mut() {
+                    pl.rbuf = Some(buf);
+                }
                 if ok { Step::Progress } else { Step::Done }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.rbuf = Some(buf);
+                pl.rbuf = Some(buf);
                 Step::Progress
             }
             Err(e) => {
