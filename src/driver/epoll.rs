@@ -337,7 +337,8 @@ impl Epoll {
                 if e.raw_os_error() != Some(libc::EEXIST) {
                     return Err(e);
                 }
-                // SAFETY: as above.
+                // SAFETY: valid epoll fd and event pointer; fd is open (the
+                // ADD just saw it registered).
                 cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_MOD, fd, &mut ev) })?;
             }
             fds[idx].registered = true;

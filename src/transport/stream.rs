@@ -113,63 +113,50 @@ pub(crate) trait Conn: 'static {
     fn sockname(&self) -> Option<SockAddr>;
 }
 
-impl Conn for TcpStream {
-    type Recv = Op<rw::Read<Vec<u8>>>;
-    type Send = Op<rw::Write<Vec<u8>>>;
-    type SendV = Op<rw::WriteV<Vec<u8>>>;
-    fn recv(&self, buf: Vec<u8>) -> Self::Recv {
-        self.read_op(buf)
-    }
-    fn send(&self, buf: Vec<u8>) -> Self::Send {
-        self.write_op(buf)
-    }
-    fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
-        self.writev_op(bufs)
-    }
-    fn recv_stream(&self) -> Option<RecvMulti<'static>> {
-        let ring = crate::buf::BufRing::loop_default().ok()?;
-        Some(self.recv_multishot_detached(&ring))
-    }
-    fn shutdown_write(&self) -> Option<io::Result<()>> {
-        Some(self.shutdown(std::net::Shutdown::Write))
-    }
-    fn can_write_eof(&self) -> bool {
-        true
-    }
-    fn peername(&self) -> Option<SockAddr> {
-        self.peer_addr().ok().map(SockAddr::Inet)
-    }
-    fn sockname(&self) -> Option<SockAddr> {
-        self.local_addr().ok().map(SockAddr::Inet)
-    }
+/// `Conn` for a socket stream type with `read_op`/`write_op`/`writev_op`,
+/// `shutdown` and addresses of kind `$addr`; `$ring` gives its receive
+/// stream from the loop's buffer ring, if it has one.
+macro_rules! socket_conn {
+    ($t:ty, $addr:path, |$s:ident| $ring:expr) => {
+        impl Conn for $t {
+            type Recv = Op<rw::Read<Vec<u8>>>;
+            type Send = Op<rw::Write<Vec<u8>>>;
+            type SendV = Op<rw::WriteV<Vec<u8>>>;
+            fn recv(&self, buf: Vec<u8>) -> Self::Recv {
+                self.read_op(buf)
+            }
+            fn send(&self, buf: Vec<u8>) -> Self::Send {
+                self.write_op(buf)
+            }
+            fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
+                self.writev_op(bufs)
+            }
+            fn recv_stream(&self) -> Option<RecvMulti<'static>> {
+                let $s = self;
+                $ring
+            }
+            fn shutdown_write(&self) -> Option<io::Result<()>> {
+                Some(self.shutdown(std::net::Shutdown::Write))
+            }
+            fn can_write_eof(&self) -> bool {
+                true
+            }
+            fn peername(&self) -> Option<SockAddr> {
+                self.peer_addr().ok().map($addr)
+            }
+            fn sockname(&self) -> Option<SockAddr> {
+                self.local_addr().ok().map($addr)
+            }
+        }
+    };
 }
 
-impl Conn for crate::net::UnixStream {
-    type Recv = Op<rw::Read<Vec<u8>>>;
-    type Send = Op<rw::Write<Vec<u8>>>;
-    type SendV = Op<rw::WriteV<Vec<u8>>>;
-    fn recv(&self, buf: Vec<u8>) -> Self::Recv {
-        self.read_op(buf)
-    }
-    fn send(&self, buf: Vec<u8>) -> Self::Send {
-        self.write_op(buf)
-    }
-    fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
-        self.writev_op(bufs)
-    }
-    fn shutdown_write(&self) -> Option<io::Result<()>> {
-        Some(self.shutdown(std::net::Shutdown::Write))
-    }
-    fn can_write_eof(&self) -> bool {
-        true
-    }
-    fn peername(&self) -> Option<SockAddr> {
-        self.peer_addr().ok().map(SockAddr::Unix)
-    }
-    fn sockname(&self) -> Option<SockAddr> {
-        self.local_addr().ok().map(SockAddr::Unix)
-    }
-}
+socket_conn!(TcpStream, SockAddr::Inet, |s| {
+    let ring = crate::buf::BufRing::loop_default().ok()?;
+    Some(s.recv_multishot_detached(&ring))
+});
+// Unix streams have no multishot receive yet: plain receives.
+socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None);
 
 /// What the core asks of a connection, without its type (the core is
 /// not generic).
