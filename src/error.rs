@@ -188,7 +188,52 @@ pub struct JoinError {
 
 enum JoinRepr {
     Cancelled,
-    Panic(Box<dyn Any + Send + 'static>),
+    Panic(PanicPayload),
+}
+
+/// A panic's payload, kept so it can be re-raised, in a form that can
+/// travel inside an `io::Error` (which needs `Send + Sync`): the payload is
+/// reached by value ([`into_inner`](Self::into_inner)), and its message,
+/// when it is a string, is kept beside it.
+pub struct PanicPayload {
+    inner: std::sync::Mutex<Box<dyn Any + Send + 'static>>,
+    msg: Option<String>,
+}
+
+impl PanicPayload {
+    pub(crate) fn new(p: Box<dyn Any + Send + 'static>) -> PanicPayload {
+        let msg = panic_message(p.as_ref()).map(str::to_string);
+        PanicPayload {
+            inner: std::sync::Mutex::new(p),
+            msg,
+        }
+    }
+
+    /// The panic message, when the payload is a `&str` or a `String`.
+    pub fn message(&self) -> Option<&str> {
+        self.msg.as_deref()
+    }
+
+    /// Whether the payload is a `T`.
+    pub fn is<T: Any>(&self) -> bool {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (**g).is::<T>()
+    }
+
+    /// The payload, to re-raise with `std::panic::resume_unwind`.
+    pub fn into_inner(self) -> Box<dyn Any + Send + 'static> {
+        self.inner.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for PanicPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PanicPayload({:?})",
+            self.msg.as_deref().unwrap_or("<non-string payload>")
+        )
+    }
 }
 
 impl JoinError {
@@ -200,7 +245,7 @@ impl JoinError {
 
     pub(crate) fn panic(payload: Box<dyn Any + Send + 'static>) -> JoinError {
         JoinError {
-            repr: JoinRepr::Panic(payload),
+            repr: JoinRepr::Panic(PanicPayload::new(payload)),
         }
     }
 
@@ -227,7 +272,7 @@ impl JoinError {
     /// The panic payload, or the error back if the task was cancelled.
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send + 'static>, JoinError> {
         match self.repr {
-            JoinRepr::Panic(p) => Ok(p),
+            JoinRepr::Panic(p) => Ok(p.into_inner()),
             JoinRepr::Cancelled => Err(self),
         }
     }
@@ -235,7 +280,7 @@ impl JoinError {
     /// The panic message, when the payload is a string.
     pub fn panic_message(&self) -> Option<&str> {
         match &self.repr {
-            JoinRepr::Panic(p) => panic_message(p.as_ref()),
+            JoinRepr::Panic(p) => p.message(),
             JoinRepr::Cancelled => None,
         }
     }
@@ -257,7 +302,7 @@ impl fmt::Debug for JoinError {
             JoinRepr::Panic(p) => write!(
                 f,
                 "JoinError::Panic({:?})",
-                panic_message(p.as_ref()).unwrap_or("<non-string payload>")
+                p.message().unwrap_or("<non-string payload>")
             ),
         }
     }
@@ -267,7 +312,7 @@ impl fmt::Display for JoinError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.repr {
             JoinRepr::Cancelled => f.write_str("task was cancelled"),
-            JoinRepr::Panic(p) => match panic_message(p.as_ref()) {
+            JoinRepr::Panic(p) => match p.message() {
                 Some(m) => write!(f, "task panicked: {m}"),
                 None => f.write_str("task panicked"),
             },
@@ -284,7 +329,9 @@ impl From<JoinError> for io::Error {
         } else {
             io::ErrorKind::Other
         };
-        io::Error::new(kind, e.to_string())
+        // The error itself travels inside: `get_ref()` and
+        // `downcast_ref::<JoinError>()` get it back.
+        io::Error::new(kind, e)
     }
 }
 
@@ -294,7 +341,7 @@ pub enum TaskFailure<E> {
     /// The task's future returned `Err(e)`.
     Error(E),
     /// The task's future panicked; the payload is kept.
-    Panic(Box<dyn Any + Send + 'static>),
+    Panic(PanicPayload),
 }
 
 /// Every error raised inside a [`TaskGroup`](crate::task::TaskGroup), in the
@@ -339,7 +386,7 @@ impl<E: fmt::Display> fmt::Display for TaskGroupError<E> {
                 TaskFailure::Panic(p) => write!(
                     f,
                     "; panic: {}",
-                    panic_message(p.as_ref()).unwrap_or("<non-string payload>")
+                    p.message().unwrap_or("<non-string payload>")
                 )?,
             }
         }
@@ -348,6 +395,17 @@ impl<E: fmt::Display> fmt::Display for TaskGroupError<E> {
 }
 
 impl<E: fmt::Debug + fmt::Display> std::error::Error for TaskGroupError<E> {}
+
+impl<E> From<TaskGroupError<E>> for io::Error
+where
+    E: fmt::Debug + fmt::Display + Send + Sync + 'static,
+{
+    /// Kind `Other`, the group error inside (recover it with
+    /// `get_ref()` and `downcast_ref::<TaskGroupError<E>>()`).
+    fn from(e: TaskGroupError<E>) -> io::Error {
+        io::Error::other(e)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -384,5 +442,45 @@ mod tests {
         let e: io::Error = TimeoutError.into();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(e.get_ref().unwrap().is::<TimeoutError>());
+    }
+
+    #[test]
+    fn join_and_group_errors_stay_typed_inside_io_error() {
+        let e: io::Error = JoinError::cancelled().into();
+        assert_eq!(e.kind(), io::ErrorKind::Interrupted);
+        assert!(
+            e.get_ref()
+                .unwrap()
+                .downcast_ref::<JoinError>()
+                .unwrap()
+                .is_cancelled()
+        );
+
+        let e: io::Error = JoinError::panic(Box::new("boom")).into();
+        assert_eq!(e.kind(), io::ErrorKind::Other);
+        let j = e.into_inner().unwrap().downcast::<JoinError>().unwrap();
+        assert_eq!(j.panic_message(), Some("boom"));
+        // The payload itself survives the trip.
+        let p = j.into_panic();
+        assert_eq!(p.downcast_ref::<&str>(), Some(&"boom"));
+
+        let g = TaskGroupError {
+            errors: vec![
+                TaskFailure::Error(ValueError::new("bad")),
+                TaskFailure::Panic(PanicPayload::new(Box::new(String::from("oops")))),
+            ],
+        };
+        let e: io::Error = g.into();
+        let g = e
+            .get_ref()
+            .unwrap()
+            .downcast_ref::<TaskGroupError<ValueError>>()
+            .unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g.errors().next().unwrap().message(), "bad");
+        match &g.errors[1] {
+            TaskFailure::Panic(p) => assert_eq!(p.message(), Some("oops")),
+            TaskFailure::Error(_) => panic!("expected the panic"),
+        }
     }
 }

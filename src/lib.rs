@@ -36,6 +36,7 @@ pub mod queue;
 pub mod rt;
 pub mod runtime;
 pub mod signal;
+pub mod streams;
 pub mod sync;
 pub mod task;
 pub mod time;

@@ -125,7 +125,8 @@ fn panic_is_collected_and_cancels_siblings() {
         assert_eq!(err.len(), 1);
         match &err.errors[0] {
             TaskFailure::Panic(payload) => {
-                assert_eq!(payload.downcast_ref::<&str>(), Some(&"kaboom"));
+                assert_eq!(payload.message(), Some("kaboom"));
+                assert!(payload.is::<&str>());
             }
             TaskFailure::Error(e) => panic!("expected a panic, got error {e}"),
         }

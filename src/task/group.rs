@@ -226,7 +226,7 @@ where
             Err(GroupTaskError::Failed)
         }
         End::Panicked(p) => {
-            member.leave(Some(TaskFailure::Panic(p)));
+            member.leave(Some(TaskFailure::Panic(crate::error::PanicPayload::new(p))));
             Err(GroupTaskError::Panicked)
         }
         End::Cancelled => {

@@ -408,6 +408,12 @@ impl Transport {
         !st.reading_paused && !st.closing && !st.lost
     }
 
+    /// Whether the write buffer is over the high-water mark: the protocol
+    /// is paused for writing, or its `pause_writing` is scheduled.
+    pub(crate) fn write_paused(&self) -> bool {
+        self.core.st.borrow().protocol_paused
+    }
+
     /// The peer's address.
     pub fn peername(&self) -> Option<SockAddr> {
         self.core.peer.clone()
