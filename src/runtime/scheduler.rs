@@ -475,6 +475,10 @@ pub(crate) fn block_on<F: Future>(inner: &Rc<LoopInner>, fut: F) -> F::Output {
             if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
                 return v;
             }
+            // The main future counts like a task toward the budget after
+            // which I/O is looked at: one that keeps yielding must not
+            // starve the driver.
+            inner.since_park.set(inner.since_park.get() + 1);
         }
         let woken = || main.woken.load(Ordering::Acquire);
         if let Err(e) = inner.run_once(&woken) {

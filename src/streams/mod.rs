@@ -40,7 +40,7 @@
 mod reader;
 mod writer;
 
-pub use reader::{DEFAULT_LIMIT, Lines, StreamReader};
+pub use reader::{DEFAULT_LIMIT, Lines, StreamFeeder, StreamReader};
 pub use writer::StreamWriter;
 
 use std::cell::{Cell, RefCell};

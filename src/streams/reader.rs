@@ -379,6 +379,14 @@ impl StreamReader {
         }
     }
 
+    /// A handle that feeds this reader (as its protocol does): for readers
+    /// fed by something other than a transport, and for tests.
+    pub fn feeder(&self) -> StreamFeeder {
+        StreamFeeder {
+            st: self.st.clone(),
+        }
+    }
+
     /// The limit.
     pub fn limit(&self) -> usize {
         self.st.borrow().limit
@@ -468,6 +476,41 @@ impl StreamReader {
             offset: 0,
             done: false,
         }
+    }
+}
+
+/// Feeds a [`StreamReader`] (see [`StreamReader::feeder`]); the same
+/// methods as the reader's own `feed_data`, `feed_eof`, `set_exception`.
+#[derive(Clone)]
+pub struct StreamFeeder {
+    st: Rc<RefCell<ReadState>>,
+}
+
+impl std::fmt::Debug for StreamFeeder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamFeeder").finish_non_exhaustive()
+    }
+}
+
+impl StreamFeeder {
+    /// See [`StreamReader::feed_data`].
+    ///
+    /// # Panics
+    /// After `feed_eof`.
+    pub fn feed_data(&self, data: &[u8]) {
+        let mut st = self.st.borrow_mut();
+        assert!(!st.eof, "feed_data after feed_eof");
+        st.feed(data);
+    }
+
+    /// See [`StreamReader::feed_eof`].
+    pub fn feed_eof(&self) {
+        self.st.borrow_mut().feed_eof();
+    }
+
+    /// See [`StreamReader::set_exception`].
+    pub fn set_exception(&self, exc: io::Error) {
+        self.st.borrow_mut().set_exc(exc);
     }
 }
 
