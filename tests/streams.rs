@@ -928,3 +928,35 @@ fn a_read_cancelled_on_a_socket_loses_nothing() {
         server.close();
     });
 }
+
+#[test]
+fn reads_bigger_than_the_limit_complete() {
+    on_both(30, |_| async {
+        let opts = StreamOptions::new().limit(1024);
+        let data = Rc::new(pattern(4 << 20, 5));
+        let d = data.clone();
+        let server = streams::start_server(
+            move |_r, w| {
+                let d = d.clone();
+                async move {
+                    w.write(&d);
+                    w.write(&d);
+                    w.drain().await.unwrap();
+                }
+            },
+            "127.0.0.1:0",
+        )
+        .await
+        .unwrap();
+        let (mut r, _w) = streams::open_connection_with(server.local_addrs()[0], &opts)
+            .await
+            .unwrap();
+        // Far more than twice the limit: the reader keeps the transport
+        // reading until it has what it waits for.
+        let first = r.readexactly(data.len()).await.unwrap();
+        assert!(first == *data);
+        let rest = r.read_to_end().await.unwrap();
+        assert!(rest == *data);
+        server.close();
+    });
+}

@@ -36,6 +36,9 @@ pub(crate) struct ReadState {
     transport: Option<Transport>,
     paused: bool,
     limit: usize,
+    /// How many bytes the pending read needs (`readexactly(n)`: n;
+    /// `read_to_end`: all): the transport is not paused below that.
+    want: usize,
 }
 
 impl ReadState {
@@ -72,6 +75,7 @@ impl ReadState {
     /// transport once at or below the limit (asyncio's
     /// `_maybe_resume_transport`).
     fn consumed(&mut self) {
+        self.want = 0;
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -101,8 +105,9 @@ impl ReadState {
         }
         self.buf.extend_from_slice(data);
         self.wake();
-        // asyncio's rule: pause above twice the limit.
-        if !self.paused && self.len() > 2 * self.limit {
+        // asyncio's rule: pause above twice the limit (or above what the
+        // pending read waits for).
+        if !self.paused && self.len() > (2 * self.limit).max(self.want) {
             if let Some(t) = &self.transport {
                 self.paused = true;
                 t.pause_reading();
@@ -114,8 +119,20 @@ impl ReadState {
         self.exc.as_ref().map(clone_err)
     }
 
-    /// Registers the waiting task, or `Some` result if the stream ended
-    /// (error or EOF).
+    /// Registers the waiting task; `want` is how many bytes it waits for
+    /// (the transport is resumed if it is paused below that).
+    fn wait_for(&mut self, cx: &mut Context<'_>, want: usize) {
+        self.want = want;
+        if self.paused && self.len() < want {
+            self.paused = false;
+            if let Some(t) = &self.transport {
+                t.resume_reading();
+            }
+        }
+        self.wait(cx);
+    }
+
+    /// Registers the waiting task.
     fn wait(&mut self, cx: &mut Context<'_>) {
         match &self.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -137,7 +154,7 @@ impl ReadState {
         if self.eof {
             return Poll::Ready(Ok(Vec::new()));
         }
-        self.wait(cx);
+        self.wait_for(cx, 0);
         Poll::Pending
     }
 
@@ -150,13 +167,7 @@ impl ReadState {
             return Poll::Ready(Ok(self.take(n)));
         }
         // Reading to the end is unbounded by design: keep receiving.
-        if self.paused {
-            self.paused = false;
-            if let Some(t) = &self.transport {
-                t.resume_reading();
-            }
-        }
-        self.wait(cx);
+        self.wait_for(cx, usize::MAX);
         Poll::Pending
     }
 
@@ -175,15 +186,9 @@ impl ReadState {
             }
             .into()));
         }
-        // Waiting for more than the limit must not deadlock on our own
+        // Waiting for more than the limit must not stall on our own
         // pause: keep reading until `n` bytes are here.
-        if self.paused && self.len() < n {
-            self.paused = false;
-            if let Some(t) = &self.transport {
-                t.resume_reading();
-            }
-        }
-        self.wait(cx);
+        self.wait_for(cx, n);
         Poll::Pending
     }
 
@@ -242,7 +247,7 @@ impl ReadState {
         }
         // Below twice the limit the transport keeps feeding; a paused
         // transport with no separator in sight ended above.
-        self.wait(cx);
+        self.wait_for(cx, 0);
         Poll::Pending
     }
 
@@ -279,7 +284,7 @@ impl ReadState {
         if self.eof {
             return Poll::Ready(None);
         }
-        self.wait(cx);
+        self.wait_for(cx, 0);
         Poll::Pending
     }
 }
@@ -375,6 +380,7 @@ impl StreamReader {
                 transport: None,
                 paused: false,
                 limit,
+                want: 0,
             })),
         }
     }
