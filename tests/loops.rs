@@ -276,3 +276,33 @@ fn listener_bound_before_the_loop_accepts_in_two_runners() {
         }
     }
 }
+
+#[test]
+fn a_main_future_spinning_on_yield_now_still_sees_io() {
+    // Nothing but the main future is ready; the I/O it waits for comes
+    // from another thread. The loop must still look at I/O now and then.
+    for b in common::backends() {
+        let mut r = common::runner(b);
+        bounded(&mut r, 10, async {
+            let (rd, wr) = std::os::unix::net::UnixStream::pair().unwrap();
+            let rd = uringio::net::UnixStream::from_std(rd).unwrap();
+            let done = std::rc::Rc::new(std::cell::Cell::new(false));
+            let d = done.clone();
+            let reader = uringio::spawn(async move {
+                let (res, _) = rd.read(Vec::with_capacity(8)).await;
+                d.set(true);
+                res.unwrap()
+            });
+            let writer = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                (&wr).write_all(b"x").unwrap();
+                wr
+            });
+            while !done.get() {
+                uringio::yield_now().await;
+            }
+            assert_eq!(reader.await.unwrap(), 1);
+            drop(writer.join().unwrap());
+        });
+    }
+}
