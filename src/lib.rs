@@ -22,7 +22,8 @@
 //!
 //! The layers, top to bottom: [`task`], [`sync`], [`queue`], [`channel`]
 //! (user-facing concurrency); [`net`], [`fs`], [`buf`] (owned-buffer
-//! operations); [`runtime`] (the loop); [`driver`] (io_uring and epoll).
+//! operations); [`process`] (subprocesses); [`runtime`] (the loop);
+//! [`driver`] (io_uring and epoll).
 #![warn(missing_docs)]
 
 pub mod buf;
@@ -32,6 +33,7 @@ pub mod error;
 pub mod fs;
 pub mod future;
 pub mod net;
+pub mod process;
 pub mod queue;
 pub mod rt;
 pub mod runtime;

@@ -294,7 +294,12 @@ impl LoopInner {
         }
         // 2. callbacks queued before this step.
         let n = self.callbacks.borrow().len();
-        self.since_park.set(self.since_park.get() + polled + n);
+        // The main future counts as a task: one that keeps yielding while
+        // it waits for I/O (a `yield_now` loop) must not keep the loop from
+        // looking at I/O.
+        let main = usize::from(main_ready());
+        self.since_park
+            .set(self.since_park.get() + polled + n + main);
         for _ in 0..n {
             let cb = self.callbacks.borrow_mut().pop_front();
             let Some(cb) = cb else { break };
@@ -475,10 +480,6 @@ pub(crate) fn block_on<F: Future>(inner: &Rc<LoopInner>, fut: F) -> F::Output {
             if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
                 return v;
             }
-            // The main future counts like a task toward the budget after
-            // which I/O is looked at: one that keeps yielding must not
-            // starve the driver.
-            inner.since_park.set(inner.since_park.get() + 1);
         }
         let woken = || main.woken.load(Ordering::Acquire);
         if let Err(e) = inner.run_once(&woken) {

@@ -46,6 +46,7 @@ mod datagram;
 mod pipe;
 mod server;
 mod stream;
+mod subprocess;
 
 pub use datagram::{
     DatagramOptions, DatagramTransport, create_datagram_endpoint, create_datagram_endpoint_with,
@@ -58,6 +59,7 @@ pub use server::{
 pub use stream::{
     SockAddr, Transport, create_connection, create_unix_connection, create_unix_connection_addr,
 };
+pub use subprocess::{SubprocessTransport, subprocess_command, subprocess_exec, subprocess_shell};
 
 use std::io;
 use std::net::SocketAddr;
@@ -201,17 +203,39 @@ pub trait DatagramProtocol: 'static {
     fn resume_writing(&mut self) {}
 }
 
-/// A subprocess protocol (asyncio's `SubprocessProtocol`): the shape the
-/// subprocess transports use.
+/// A subprocess protocol (asyncio's `SubprocessProtocol`), run by
+/// [`subprocess_exec`] / [`subprocess_shell`]. Only `pipe_data_received`
+/// must be written.
 pub trait SubprocessProtocol: 'static {
+    /// The child is running; `transport` signals it, closes it and gives
+    /// its pipes' transports (keep a clone). Called before any other
+    /// callback.
+    fn connection_made(&mut self, transport: SubprocessTransport) {
+        let _ = transport;
+    }
+
     /// Data arrived on the child's stdout (`fd` 1) or stderr (2).
     fn pipe_data_received(&mut self, fd: i32, data: &[u8]);
 
-    /// One of the child's pipes closed.
+    /// One of the child's pipes closed (`fd` 0, 1 or 2): `None` after a
+    /// clean close or end of stream, the error otherwise (`BrokenPipe` on
+    /// stdin when the child stopped reading).
     fn pipe_connection_lost(&mut self, fd: i32, exc: Option<io::Error>) {
         let _ = (fd, exc);
     }
 
-    /// The child exited (after its pipes' `pipe_connection_lost`).
+    /// The child exited; called after every pipe's
+    /// `pipe_connection_lost`.
     fn process_exited(&mut self) {}
+
+    /// The transport is done (right after `process_exited`).
+    fn connection_lost(&mut self, exc: Option<io::Error>) {
+        let _ = exc;
+    }
+
+    /// The child's stdin pipe buffer passed the high-water mark.
+    fn pause_writing(&mut self) {}
+
+    /// The child's stdin pipe buffer drained below the low-water mark.
+    fn resume_writing(&mut self) {}
 }

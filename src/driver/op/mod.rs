@@ -31,6 +31,7 @@
 
 pub(crate) mod fs;
 pub(crate) mod net;
+pub(crate) mod process;
 pub(crate) mod recv;
 pub(crate) mod rw;
 pub(crate) mod signal;

@@ -367,6 +367,7 @@ mod tests {
         ("op/fs.rs", include_str!("../op/fs.rs")),
         ("op/mod.rs", include_str!("../op/mod.rs")),
         ("op/net.rs", include_str!("../op/net.rs")),
+        ("op/process.rs", include_str!("../op/process.rs")),
         ("op/recv.rs", include_str!("../op/recv.rs")),
         ("op/rw.rs", include_str!("../op/rw.rs")),
         ("op/signal.rs", include_str!("../op/signal.rs")),
