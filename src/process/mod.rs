@@ -44,11 +44,12 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::pin::Pin;
-use std::process::{ExitStatus, Stdio};
+pub use std::process::{ExitStatus, Output, Stdio};
 use std::task::{Context, Poll};
 
 use crate::driver;
 use crate::driver::op::process::{ExitOf, Pidfd, orphans};
+use crate::streams::{self, StreamReader, StreamWriter};
 
 /// A builder for a child process: `std::process::Command`'s, plus
 /// [`kill_on_drop`](Self::kill_on_drop). By default the child inherits
@@ -57,6 +58,7 @@ use crate::driver::op::process::{ExitOf, Pidfd, orphans};
 pub struct Command {
     std: std::process::Command,
     kill_on_drop: bool,
+    limit: usize,
 }
 
 impl Command {
@@ -65,7 +67,19 @@ impl Command {
         Command {
             std: std::process::Command::new(program),
             kill_on_drop: false,
+            limit: streams::DEFAULT_LIMIT,
         }
+    }
+
+    /// The limit of the stdout/stderr readers (asyncio's `limit`, default
+    /// 64 KiB; see [`StreamReader`]).
+    ///
+    /// # Panics
+    /// If `limit` is 0.
+    pub fn limit(&mut self, limit: usize) -> &mut Command {
+        assert!(limit > 0, "stream limit must be > 0");
+        self.limit = limit;
+        self
     }
 
     /// Adds an argument.
@@ -170,6 +184,33 @@ impl Command {
     /// that is not executable), with no child left behind; `Unsupported`
     /// on kernels without `pidfd_open` (before 5.3).
     pub fn spawn(&mut self) -> io::Result<Process> {
+        let mut p = self.spawn_raw()?;
+        if p.stdin_fd.is_some() || p.stdout_fd.is_some() || p.stderr_fd.is_some() {
+            if crate::runtime::context::current().is_none() {
+                let _ = p.kill();
+                return Err(io::Error::other(
+                    "a child with piped stdio must be spawned inside a running loop \
+                     (its pipes are streams on that loop)",
+                ));
+            }
+            p.stdin = p.stdin_fd.take().map(streams::pipe_writer).transpose()?;
+            p.stdout = p
+                .stdout_fd
+                .take()
+                .map(|fd| streams::pipe_reader(fd, self.limit))
+                .transpose()?;
+            p.stderr = p
+                .stderr_fd
+                .take()
+                .map(|fd| streams::pipe_reader(fd, self.limit))
+                .transpose()?;
+        }
+        Ok(p)
+    }
+
+    /// Starts the child, keeping its pipes as raw fds (for the subprocess
+    /// transport, which makes them pipe transports itself).
+    pub(crate) fn spawn_raw(&mut self) -> io::Result<Process> {
         let mut child = self.std.spawn()?;
         let pid = child.id();
         let pidfd = match Pidfd::open(pid) {
@@ -194,9 +235,12 @@ impl Command {
             exit: None,
             status: None,
             kill_on_drop: self.kill_on_drop,
-            stdin,
-            stdout,
-            stderr,
+            stdin_fd: stdin,
+            stdout_fd: stdout,
+            stderr_fd: stderr,
+            stdin: None,
+            stdout: None,
+            stderr: None,
         })
     }
 }
@@ -217,9 +261,20 @@ pub struct Process {
     exit: Option<ExitOf>,
     status: Option<ExitStatus>,
     kill_on_drop: bool,
-    stdin: Option<OwnedFd>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
+    stdin_fd: Option<OwnedFd>,
+    stdout_fd: Option<OwnedFd>,
+    stderr_fd: Option<OwnedFd>,
+    /// The child's stdin, when it was `Stdio::piped()`: dropping (or
+    /// closing) the writer closes the pipe, and the child sees end of
+    /// input.
+    pub stdin: Option<StreamWriter>,
+    /// The child's stdout, when it was `Stdio::piped()` (asyncio's
+    /// `StreamReader`, with flow control: a child that writes faster than
+    /// this is read is paused by the full pipe, not buffered without
+    /// bound).
+    pub stdout: Option<StreamReader>,
+    /// The child's stderr, when it was `Stdio::piped()`.
+    pub stderr: Option<StreamReader>,
 }
 
 impl std::fmt::Debug for Process {
@@ -367,24 +422,167 @@ impl Process {
         self.send_signal(libc::SIGKILL)
     }
 
+    /// Sends `input` to the child's stdin and closes it, reads its stdout
+    /// and stderr to the end — all at once, so that no pipe fills up while
+    /// another is waited on — then waits for the child to exit (asyncio's
+    /// `communicate`). Takes the pipes ([`stdin`](Self::stdin),
+    /// [`stdout`](Self::stdout), [`stderr`](Self::stderr)); one that is
+    /// not piped gives empty output. A child that closes its stdin early is
+    /// not an error (`BrokenPipe` on the input is ignored, as asyncio).
+    ///
+    /// # Errors
+    /// `InvalidInput` if `input` is given but stdin is not piped; a read
+    /// or wait error.
+    pub async fn communicate(&mut self, input: Option<Vec<u8>>) -> io::Result<Output> {
+        if input.as_ref().is_some_and(|i| !i.is_empty()) && self.stdin.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "communicate: input given, but the child's stdin is not piped",
+            ));
+        }
+        let stdin = self.stdin.take();
+        let mut stdout = self.stdout.take();
+        let mut stderr = self.stderr.take();
+        let feed = async move {
+            let Some(w) = stdin else { return Ok(()) };
+            if let Some(data) = input {
+                w.transport().write_owned(data);
+            }
+            let r = w.drain().await;
+            // Closing flushes what is left, then closes the pipe.
+            w.close();
+            match r {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    Ok(())
+                }
+                r => r,
+            }
+        };
+        let out = async {
+            match &mut stdout {
+                Some(r) => r.read_to_end().await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let err = async {
+            match &mut stderr {
+                Some(r) => r.read_to_end().await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (fed, out, err) = join3(feed, out, err).await;
+        fed?;
+        let (stdout, stderr) = (out?, err?);
+        let status = self.wait().await?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
     /// Takes this side of the child's stdin pipe (`Stdio::piped()`), if
     /// it has one and it was not taken yet. Blocking as `std` made it; the
     /// pipe transports make it non-blocking.
     pub(crate) fn take_stdin_fd(&mut self) -> Option<OwnedFd> {
-        self.stdin.take()
+        self.stdin_fd.take()
     }
 
     /// Takes this side of the child's stdout pipe (see
     /// [`take_stdin_fd`](Self::take_stdin_fd)).
     pub(crate) fn take_stdout_fd(&mut self) -> Option<OwnedFd> {
-        self.stdout.take()
+        self.stdout_fd.take()
     }
 
     /// Takes this side of the child's stderr pipe (see
     /// [`take_stdin_fd`](Self::take_stdin_fd)).
     pub(crate) fn take_stderr_fd(&mut self) -> Option<OwnedFd> {
-        self.stderr.take()
+        self.stderr_fd.take()
     }
+}
+
+/// Polls three futures together until all are done.
+async fn join3<A: Future, B: Future, C: Future>(
+    a: A,
+    b: B,
+    c: C,
+) -> (A::Output, B::Output, C::Output) {
+    let (mut a, mut b, mut c) = (std::pin::pin!(a), std::pin::pin!(b), std::pin::pin!(c));
+    let (mut ra, mut rb, mut rc) = (None, None, None);
+    poll_fn(|cx| {
+        if ra.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if rc.is_none() {
+            if let Poll::Ready(v) = c.as_mut().poll(cx) {
+                rc = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() && rc.is_some() {
+            Poll::Ready((ra.take().unwrap(), rb.take().unwrap(), rc.take().unwrap()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Starts `program` with `args` (asyncio's `create_subprocess_exec`);
+/// each of `stdin`, `stdout`, `stderr` is `Stdio::piped()` (a stream on
+/// [`Process`]), `Stdio::null()`, `Stdio::inherit()` or a file.
+///
+/// # Errors
+/// As [`Command::spawn`].
+pub async fn create_subprocess_exec<I, S>(
+    program: impl AsRef<OsStr>,
+    args: I,
+    stdin: impl Into<Stdio>,
+    stdout: impl Into<Stdio>,
+    stderr: impl Into<Stdio>,
+) -> io::Result<Process>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(program)
+        .args(args)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+}
+
+/// Runs `cmd` with `/bin/sh -c` (asyncio's `create_subprocess_shell`);
+/// stdio as [`create_subprocess_exec`]. The command line is the shell's
+/// to interpret: quote anything that comes from users.
+///
+/// # Errors
+/// As [`Command::spawn`].
+pub async fn create_subprocess_shell(
+    cmd: impl AsRef<OsStr>,
+    stdin: impl Into<Stdio>,
+    stdout: impl Into<Stdio>,
+    stderr: impl Into<Stdio>,
+) -> io::Result<Process> {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
 }
 
 impl Drop for Process {

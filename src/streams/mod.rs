@@ -385,24 +385,16 @@ where
         .await
 }
 
-/// A reader fed by a pipe's read end (for subprocess pipes).
-#[allow(dead_code)]
-pub(crate) async fn pipe_reader(
-    fd: std::os::fd::OwnedFd,
-    limit: usize,
-) -> io::Result<StreamReader> {
-    let (t, p) = transport::connect_read_pipe(|| StreamProtocol::new(limit, None), fd).await?;
-    let _ = t;
+/// A reader fed by a pipe's read end (a child's stdout or stderr).
+pub(crate) fn pipe_reader(fd: std::os::fd::OwnedFd, limit: usize) -> io::Result<StreamReader> {
+    let (_t, p) = transport::read_pipe(|| StreamProtocol::new(limit, None), fd)?;
     let st = p.borrow().reader.clone();
     Ok(StreamReader { st })
 }
 
-/// A writer into a pipe's write end (for subprocess pipes).
-#[allow(dead_code)]
-pub(crate) async fn pipe_writer(fd: std::os::fd::OwnedFd) -> io::Result<StreamWriter> {
-    let (t, p) =
-        transport::connect_write_pipe(|| StreamProtocol::new(DEFAULT_LIMIT, None), fd).await?;
-    let p = p.borrow();
-    let w = StreamWriter::new(t, p.conn.clone(), None);
-    Ok(w)
+/// A writer into a pipe's write end (a child's stdin).
+pub(crate) fn pipe_writer(fd: std::os::fd::OwnedFd) -> io::Result<StreamWriter> {
+    let (t, p) = transport::write_pipe(|| StreamProtocol::new(DEFAULT_LIMIT, None), fd)?;
+    let conn = p.borrow().conn.clone();
+    Ok(StreamWriter::new(t, conn, None))
 }

@@ -52,6 +52,7 @@ pub use datagram::{
     DatagramOptions, DatagramTransport, create_datagram_endpoint, create_datagram_endpoint_with,
 };
 pub use pipe::{connect_read_pipe, connect_write_pipe};
+pub(crate) use pipe::{read_pipe, write_pipe};
 pub use server::{
     Server, ServerOptions, create_server, create_server_with, create_unix_server,
     create_unix_server_addr,

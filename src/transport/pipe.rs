@@ -82,6 +82,14 @@ pub async fn connect_read_pipe<P: Protocol>(
     factory: impl FnOnce() -> P,
     pipe: OwnedFd,
 ) -> io::Result<(Transport, Rc<RefCell<P>>)> {
+    read_pipe(factory, pipe)
+}
+
+/// [`connect_read_pipe`] without the `async` (it never waits).
+pub(crate) fn read_pipe<P: Protocol>(
+    factory: impl FnOnce() -> P,
+    pipe: OwnedFd,
+) -> io::Result<(Transport, Rc<RefCell<P>>)> {
     let end = PipeEnd::new(pipe, true)?;
     let p = Rc::new(RefCell::new(factory()));
     let t = start(end, p.clone(), None);
@@ -93,6 +101,14 @@ pub async fn connect_read_pipe<P: Protocol>(
 /// pauses the protocol), `write_eof` or `close` closes it after flushing;
 /// a reader that goes away ends the transport with `BrokenPipe`.
 pub async fn connect_write_pipe<P: Protocol>(
+    factory: impl FnOnce() -> P,
+    pipe: OwnedFd,
+) -> io::Result<(Transport, Rc<RefCell<P>>)> {
+    write_pipe(factory, pipe)
+}
+
+/// [`connect_write_pipe`] without the `async` (it never waits).
+pub(crate) fn write_pipe<P: Protocol>(
     factory: impl FnOnce() -> P,
     pipe: OwnedFd,
 ) -> io::Result<(Transport, Rc<RefCell<P>>)> {

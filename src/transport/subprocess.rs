@@ -281,7 +281,7 @@ pub async fn subprocess_command<P: SubprocessProtocol>(
     factory: impl FnOnce() -> P,
     cmd: &mut Command,
 ) -> io::Result<(SubprocessTransport, Rc<RefCell<P>>)> {
-    let mut proc = cmd.spawn()?;
+    let mut proc = cmd.spawn_raw()?;
     let fds: [Option<OwnedFd>; 3] = [
         proc.take_stdin_fd(),
         proc.take_stdout_fd(),
