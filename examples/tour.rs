@@ -195,6 +195,33 @@ fn main() {
             ),
         );
 
+        // 5. A subprocess: pipes as streams, waited for through a pidfd.
+        let mut child = uringio::process::create_subprocess_exec(
+            "tr",
+            ["a-z", "A-Z"],
+            std::process::Stdio::piped(),
+            std::process::Stdio::piped(),
+            std::process::Stdio::null(),
+        )
+        .await?;
+        let pid = child.pid();
+        let out = child
+            .communicate(Some(b"hello from a child process\n".to_vec()))
+            .await?;
+        step(
+            "subprocess",
+            format!(
+                "`tr a-z A-Z` (pid {pid}) answered {:?}, returncode {:?} (waited by {})",
+                String::from_utf8_lossy(&out.stdout).trim_end(),
+                child.returncode(),
+                if uringio::get_running_loop().features().waitid {
+                    "IORING_OP_WAITID on its pidfd"
+                } else {
+                    "polling its pidfd"
+                }
+            ),
+        );
+
         let s = uringio::driver::stats();
         step(
             "driver stats",
