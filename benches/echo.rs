@@ -33,6 +33,8 @@
 //!   threads are always busy, so server CPU per message is just the inverse
 //!   of throughput; below saturation the server idles and CPU per message
 //!   shows what each runtime really spends (wake-ups included).
+//! - `ECHO_SATURATE` `0` to skip the saturating load (only the `ECHO_RATE`
+//!   ones run)
 //!
 //! ```text
 //! cargo bench --bench echo
@@ -671,7 +673,10 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![1024]);
-    let mut loads = vec![Load::Saturate];
+    let mut loads = Vec::new();
+    if env_num("ECHO_SATURATE", 1u32) != 0 {
+        loads.push(Load::Saturate);
+    }
     if let Ok(v) = std::env::var("ECHO_RATE") {
         loads.extend(v.split(',').filter(|x| !x.trim().is_empty()).map(|x| {
             Load::Rate(
@@ -777,7 +782,9 @@ fn measure(
         .position(|&s| s == Server::Tokio)
         .map(|i| med[i]);
     println!();
-    println!("message size {size} B, {label} (medians of {rounds})");
+    println!(
+        "message size {size} B, {label} (medians of {rounds}; ratios: medians of per-round ratios)"
+    );
     println!(
         "| {:<22} | {:>10} | {:>17} | {:>14} | {:>11} | {:>17} |",
         "server",
@@ -791,11 +798,29 @@ fn measure(
         "|{:-<24}|{:->12}|{:->19}|{:->16}|{:->13}|{:->19}|",
         "", "", "", "", "", ""
     );
+    let tokio_idx = servers.iter().position(|&s| s == Server::Tokio);
     for (i, kind) in servers.iter().enumerate() {
         let (m, c, cl) = med[i];
-        let (rt, rc) = match tokio {
-            Some((tm, tc, _)) => (format!("{:.2}", m / tm), format!("{:.2}", c / tc)),
-            None => ("-".into(), "-".into()),
+        // Ratios are taken within each round (servers of one round ran
+        // back to back, under the same machine conditions), then the
+        // median of those is printed.
+        let (rt, rc) = match (tokio, tokio_idx) {
+            (Some(_), Some(t)) => {
+                let per_round = |f: fn(&Sample) -> f64| {
+                    median(
+                        samples[i]
+                            .iter()
+                            .zip(&samples[t])
+                            .map(|(a, b)| f(a) / f(b))
+                            .collect(),
+                    )
+                };
+                (
+                    format!("{:.2}", per_round(|s| s.msgs_per_sec)),
+                    format!("{:.2}", per_round(|s| s.cpu_ns_per_msg)),
+                )
+            }
+            _ => ("-".into(), "-".into()),
         };
         println!(
             "| {:<22} | {:>10.0} | {:>17.0} | {:>14} | {:>11} | {:>17.0} |",

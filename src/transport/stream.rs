@@ -22,7 +22,7 @@
 //! it closes when the tasks drop theirs) and of the protocol (which holds
 //! the transport: the cycle is broken there).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -88,7 +88,8 @@ pub(crate) trait Conn: 'static {
     fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV;
     /// A receive stream from the loop's shared buffer ring (multishot on
     /// io_uring), where the connection has one: no buffer per connection.
-    fn recv_stream(&self) -> Option<RecvMulti<'static>> {
+    fn recv_stream(this: &Rc<Self>) -> Option<RecvMulti<'static>> {
+        let _ = this;
         None
     }
     /// Shuts the write side (`None` if it cannot: `can_write_eof` false).
@@ -131,8 +132,8 @@ macro_rules! socket_conn {
             fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
                 self.writev_op(bufs)
             }
-            fn recv_stream(&self) -> Option<RecvMulti<'static>> {
-                let $s = self;
+            fn recv_stream(this: &Rc<Self>) -> Option<RecvMulti<'static>> {
+                let $s = this;
                 $ring
             }
             fn shutdown_write(&self) -> Option<io::Result<()>> {
@@ -153,7 +154,7 @@ macro_rules! socket_conn {
 
 socket_conn!(TcpStream, SockAddr::Inet, |s| {
     let ring = crate::buf::BufRing::loop_default().ok()?;
-    Some(s.recv_multishot_detached(&ring))
+    Some(TcpStream::recv_multishot_shared(s, &ring))
 });
 // Unix streams have no multishot receive yet: plain receives.
 socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None);
@@ -164,9 +165,13 @@ trait ConnInfo {
     fn can_write_eof(&self) -> bool;
     fn eof_closes(&self) -> bool;
     fn sockname(&self) -> Option<SockAddr>;
+    fn peername(&self) -> Option<SockAddr>;
 }
 
 impl<C: Conn> ConnInfo for C {
+    fn peername(&self) -> Option<SockAddr> {
+        Conn::peername(self)
+    }
     fn can_write_eof(&self) -> bool {
         Conn::can_write_eof(self)
     }
@@ -218,11 +223,14 @@ pub(crate) struct Core {
     task: RefCell<Option<Task<()>>>,
     /// Whether the connection sends (`false` for a read pipe).
     writable: bool,
-    /// For debug mode's "unclosed transport" report.
-    peer: Option<SockAddr>,
+    /// The peer's address, asked of the socket the first time something
+    /// needs it (`peername`, a report; at once in debug mode) and kept:
+    /// most connections never need it, and it is boxed so they do not
+    /// carry its room either.
+    peer: OnceCell<Option<Box<SockAddr>>>,
     debug: bool,
-    /// Called once the connection is lost (servers count connections).
-    on_lost: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// Told once the connection is lost (servers count connections).
+    on_lost: RefCell<Option<OnLost>>,
     closed_by_user: Cell<bool>,
 }
 
@@ -237,7 +245,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.core.st.borrow();
         f.debug_struct("Transport")
-            .field("peer", &self.core.peer)
+            .field("peer", &self.core.peer())
             .field("closing", &st.closing)
             .field("write_buffer", &(st.buffered + st.inflight))
             .finish()
@@ -410,7 +418,7 @@ impl Transport {
 
     /// The peer's address.
     pub fn peername(&self) -> Option<SockAddr> {
-        self.core.peer.clone()
+        self.core.peer()
     }
 
     /// The local address.
@@ -419,7 +427,42 @@ impl Transport {
     }
 }
 
+/// What is told when a connection is lost.
+pub(crate) enum OnLost {
+    /// A closure, run once.
+    Once(Box<dyn FnOnce()>),
+    /// A hook shared by many connections (a server's count): no
+    /// allocation per connection.
+    Hook(Rc<dyn LostHook>),
+}
+
+/// Told when a connection is lost.
+pub(crate) trait LostHook {
+    /// One connection was lost (after its `connection_lost`).
+    fn lost(&self);
+}
+
+impl OnLost {
+    fn run(self) {
+        match self {
+            OnLost::Once(f) => f(),
+            OnLost::Hook(h) => h.lost(),
+        }
+    }
+}
+
 impl Core {
+    /// The peer's address (see the field).
+    fn peer(&self) -> Option<SockAddr> {
+        self.peer
+            .get_or_init(|| {
+                let c = self.conn.borrow();
+                c.as_ref().and_then(|c| c.peername()).map(Box::new)
+            })
+            .as_deref()
+            .cloned()
+    }
+
     /// Adds `n` bytes with `f`, wakes the writer, and checks the
     /// high-water mark.
     fn push(&self, f: impl FnOnce(&mut State), n: usize) {
@@ -445,7 +488,7 @@ impl Core {
         st.protocol_paused = true;
         drop(st);
         if let Some(p) = self.protocol() {
-            let peer = self.peer.clone();
+            let peer = self.peer();
             get_running_loop().call_soon(move || {
                 call_guarded(&p, peer.as_ref(), |p| p.pause_writing());
             });
@@ -461,7 +504,7 @@ impl Core {
         st.protocol_paused = false;
         drop(st);
         if let Some(p) = self.protocol() {
-            let peer = self.peer.clone();
+            let peer = self.peer();
             get_running_loop().call_soon(move || {
                 call_guarded(&p, peer.as_ref(), |p| p.resume_writing());
             });
@@ -500,6 +543,9 @@ impl Core {
             st.inflight = 0;
             st.waker = None;
         }
+        // Asked while the socket is still here (a report of a panic in
+        // `connection_lost` names it).
+        let peer = self.peer();
         let task = self.task.borrow_mut().take();
         let conn = self.conn.borrow_mut().take();
         let proto = self.proto.borrow_mut().take();
@@ -508,13 +554,12 @@ impl Core {
             t.cancel();
         }
         drop(conn);
-        let peer = self.peer.clone();
         get_running_loop().call_soon(move || {
             if let Some(p) = proto {
                 call_guarded(&p, peer.as_ref(), |p| p.connection_lost(exc));
             }
             if let Some(f) = on_lost {
-                f();
+                f.run();
             }
         });
     }
@@ -530,7 +575,7 @@ impl Core {
                 let msg = crate::error::panic_message(panic.as_ref())
                     .unwrap_or("<non-string panic payload>")
                     .to_string();
-                report_panic(self.peer.as_ref(), &msg);
+                report_panic(self.peer().as_ref(), &msg);
                 self.lose(Some(io::Error::other(format!(
                     "protocol callback panicked: {msg}"
                 ))));
@@ -556,6 +601,10 @@ impl Core {
             st.lost = true;
             !st.closing
         };
+        if report && self.debug && !self.closed_by_user.get() {
+            // Before the socket goes.
+            let _ = self.peer();
+        }
         drop(self.proto.borrow_mut().take());
         drop(self.conn.borrow_mut().take());
         drop(self.on_lost.borrow_mut().take());
@@ -568,7 +617,8 @@ impl Core {
         log::warn!(
             "uringio: unclosed transport to {} dropped (call close() or abort())",
             self.peer
-                .as_ref()
+                .get()
+                .and_then(|p| p.as_deref())
                 .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
         );
     }
@@ -629,6 +679,15 @@ pub(crate) fn start<C: Conn>(
     proto: Rc<RefCell<dyn Protocol>>,
     on_lost: Option<Box<dyn FnOnce()>>,
 ) -> Transport {
+    start_with(conn, proto, on_lost.map(OnLost::Once))
+}
+
+/// [`start`] with any [`OnLost`].
+pub(crate) fn start_with<C: Conn>(
+    conn: C,
+    proto: Rc<RefCell<dyn Protocol>>,
+    on_lost: Option<OnLost>,
+) -> Transport {
     let conn = Rc::new(conn);
     let lp = get_running_loop();
     let core = Rc::new(Core {
@@ -641,11 +700,16 @@ pub(crate) fn start<C: Conn>(
         conn: RefCell::new(Some(conn.clone() as Rc<dyn ConnInfo>)),
         task: RefCell::new(None),
         writable: conn.writable(),
-        peer: Conn::peername(&*conn),
+        peer: OnceCell::new(),
         debug: lp.get_debug(),
         on_lost: RefCell::new(on_lost),
         closed_by_user: Cell::new(false),
     });
+    if core.debug {
+        // Debug mode's "unclosed transport" report names the peer, even
+        // if the socket is gone by then.
+        let _ = core.peer();
+    }
     let t = Transport { core: core.clone() };
     // The guard is made outside the task's future, so that it also fires
     // if the future is dropped before its first poll.
@@ -692,7 +756,10 @@ struct Pump<C: Conn> {
     /// The plain receive path's state (connections without a buffer
     /// ring), boxed: ring connections, the many idle ones, do not carry it.
     plain: Option<Box<PlainRecv<C>>>,
-    send: Option<Sending<C>>,
+    /// The send in flight, boxed: it is made for each send and freed when
+    /// it completes, so an idle connection does not carry its room (an
+    /// allocation per send, a few ns against the send's µs).
+    send: Option<Box<Sending<C>>>,
     /// End of stream (or closing): no more receives.
     read_done: bool,
     /// Receives come from the buffer ring (`multi`), re-made after a pause.
@@ -755,14 +822,14 @@ impl<C: Conn> Pump<C> {
                     let b = st.bufs.pop_front().unwrap_or_default();
                     st.inflight += b.len();
                     st.buffered -= b.len();
-                    self.send = Some(Sending::One(self.conn.send(b)));
+                    self.send = Some(Box::new(Sending::One(self.conn.send(b))));
                 } else {
                     let n = st.bufs.len().min(64);
                     let v: Vec<Vec<u8>> = st.bufs.drain(..n).collect();
                     let len: usize = v.iter().map(Vec::len).sum();
                     st.inflight += len;
                     st.buffered -= len;
-                    self.send = Some(Sending::Many(self.conn.send_vectored(v)));
+                    self.send = Some(Box::new(Sending::Many(self.conn.send_vectored(v))));
                 }
             } else if st.closing {
                 // Flushed: the close completes.
@@ -783,7 +850,7 @@ impl<C: Conn> Pump<C> {
                 return Step::Idle;
             }
         }
-        let res = match self.send.as_mut() {
+        let res = match self.send.as_deref_mut() {
             Some(Sending::One(f)) => match Pin::new(f).poll(cx) {
                 Poll::Pending => return Step::Idle,
                 Poll::Ready((res, b)) => {
@@ -876,7 +943,7 @@ impl<C: Conn> Pump<C> {
             return Step::Idle;
         }
         if self.multi.is_none() {
-            self.multi = self.conn.recv_stream();
+            self.multi = C::recv_stream(&self.conn);
         }
         let Some(m) = self.multi.as_mut() else {
             // The ring went away (the loop is closing).
@@ -935,7 +1002,7 @@ impl<C: Conn> Pump<C> {
         }
         if !self.multi_tried {
             self.multi_tried = true;
-            self.multi = self.conn.recv_stream();
+            self.multi = C::recv_stream(&self.conn);
             self.uses_ring = self.multi.is_some();
         }
         if self.uses_ring {
