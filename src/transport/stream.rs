@@ -203,14 +203,21 @@ struct State {
     reading_paused: bool,
     /// `connection_lost` was scheduled.
     lost: bool,
-    /// The connection task's waker while it waits.
+    /// The connection task's waker, kept from poll to poll (a new one
+    /// is cloned only if the task's waker changed).
     waker: Option<Waker>,
+    /// The connection's task is polling: what a callback changes now is
+    /// seen by that poll, no wake-up needed.
+    polling: bool,
 }
 
 impl State {
     fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
+        if self.polling {
+            return;
+        }
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
         }
     }
 }
@@ -599,6 +606,7 @@ impl Core {
                 return;
             }
             st.lost = true;
+            st.waker = None;
             !st.closing
         };
         if report && self.debug && !self.closed_by_user.get() {
@@ -787,9 +795,25 @@ enum Step {
 
 impl<C: Conn> Pump<C> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        // Wake-ups meant for this poll are spent: a `write` made by a
+        // While this poll runs, wake-ups are spent: a `write` made by a
         // callback below is seen by the loop here, not through a wake.
-        self.core.st.borrow_mut().waker = None;
+        self.core.st.borrow_mut().polling = true;
+        let r = self.poll_steps(cx);
+        let mut st = self.core.st.borrow_mut();
+        st.polling = false;
+        match r {
+            Poll::Pending => match &st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.waker = Some(cx.waker().clone()),
+            },
+            // The task ends: the core (which handles may keep) must not
+            // keep it alive.
+            Poll::Ready(()) => st.waker = None,
+        }
+        r
+    }
+
+    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let w = self.poll_send(cx);
             if matches!(w, Step::Done) {
@@ -800,11 +824,9 @@ impl<C: Conn> Pump<C> {
                 return Poll::Ready(());
             }
             if matches!((w, r), (Step::Idle, Step::Idle)) {
-                let mut st = self.core.st.borrow_mut();
-                if st.lost {
+                if self.core.st.borrow().lost {
                     return Poll::Ready(());
                 }
-                st.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
         }
