@@ -380,7 +380,7 @@ fn serve<C: Conn, P: Protocol, F: Fn() -> P>(s: C, inner: &Rc<Inner>, factory: &
         }
     };
     let p = Rc::new(RefCell::new(proto));
-    start_with(s, p, Some(OnLost::Hook(done)));
+    start_with(s, p, Some(done as OnLost));
 }
 
 impl LostHook for Inner {

@@ -434,26 +434,23 @@ impl Transport {
     }
 }
 
-/// What is told when a connection is lost.
-pub(crate) enum OnLost {
-    /// A closure, run once.
-    Once(Box<dyn FnOnce()>),
-    /// A hook shared by many connections (a server's count): no
-    /// allocation per connection.
-    Hook(Rc<dyn LostHook>),
-}
-
 /// Told when a connection is lost.
 pub(crate) trait LostHook {
     /// One connection was lost (after its `connection_lost`).
     fn lost(&self);
 }
 
-impl OnLost {
-    fn run(self) {
-        match self {
-            OnLost::Once(f) => f(),
-            OnLost::Hook(h) => h.lost(),
+/// What is told when a connection is lost: a hook shared by many
+/// connections (a server's count) costs them no allocation each.
+pub(crate) type OnLost = Rc<dyn LostHook>;
+
+/// A closure as a [`LostHook`], run once.
+struct Once(Cell<Option<Box<dyn FnOnce()>>>);
+
+impl LostHook for Once {
+    fn lost(&self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
 }
@@ -566,7 +563,7 @@ impl Core {
                 call_guarded(&p, peer.as_ref(), |p| p.connection_lost(exc));
             }
             if let Some(f) = on_lost {
-                f.run();
+                f.lost();
             }
         });
     }
@@ -687,7 +684,8 @@ pub(crate) fn start<C: Conn>(
     proto: Rc<RefCell<dyn Protocol>>,
     on_lost: Option<Box<dyn FnOnce()>>,
 ) -> Transport {
-    start_with(conn, proto, on_lost.map(OnLost::Once))
+    let on_lost = on_lost.map(|f| Rc::new(Once(Cell::new(Some(f)))) as OnLost);
+    start_with(conn, proto, on_lost)
 }
 
 /// [`start`] with any [`OnLost`].
