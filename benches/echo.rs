@@ -23,7 +23,9 @@
 //! - `ECHO_CONNS`  connections (default 64)
 //! - `ECHO_ONLY`   comma-separated subset of
 //!   `uring,epoll,uring-proto,epoll-proto,tokio,monoio` (the `-proto`
-//!   servers use the transport layer: a `Protocol` echo)
+//!   servers use the transport layer: a `Protocol` echo), or `raw-uring`:
+//!   the floor, an echo on a bare io_uring with no runtime at all (see
+//!   `raw_uring_server`; only run when named)
 //! - `ECHO_CLIENT` `uringio` (default) or `tokio`: the load generator
 //! - `ECHO_QUIET_WAIT` seconds to wait before each run for other processes
 //!   to use under 0.1 CPU (default 30; 0 to not wait). Runs that still saw
@@ -33,6 +35,8 @@
 //!   threads are always busy, so server CPU per message is just the inverse
 //!   of throughput; below saturation the server idles and CPU per message
 //!   shows what each runtime really spends (wake-ups included).
+//! - `ECHO_SATURATE` `0` to skip the saturating load (only the `ECHO_RATE`
+//!   ones run)
 //!
 //! ```text
 //! cargo bench --bench echo
@@ -65,6 +69,8 @@ enum Server {
     EpollProto,
     Tokio,
     Monoio,
+    /// Not run unless `ECHO_ONLY` names it.
+    RawUring,
 }
 
 impl Server {
@@ -79,6 +85,7 @@ impl Server {
 
     fn name(self) -> &'static str {
         match self {
+            Server::RawUring => "bare io_uring, no runtime",
             Server::UringIo => "uringio io_uring",
             Server::Epoll => "uringio epoll",
             Server::UringProto => "uringio io_uring Protocol",
@@ -90,6 +97,7 @@ impl Server {
 
     fn key(self) -> &'static str {
         match self {
+            Server::RawUring => "raw-uring",
             Server::UringIo => "uring",
             Server::Epoll => "epoll",
             Server::UringProto => "uring-proto",
@@ -216,6 +224,7 @@ fn start_server(kind: Server) -> RunningServer {
                 Server::EpollProto => uringio_protocol_server(Backend::Epoll, tx),
                 Server::Tokio => tokio_server(tx),
                 Server::Monoio => monoio_server(tx),
+                Server::RawUring => raw_uring_server(tx),
             }
         })
         .expect("spawn server thread");
@@ -401,6 +410,163 @@ fn monoio_server(ready: Ready) {
             monoio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+}
+
+/// The floor a runtime is measured against: an echo on a bare io_uring,
+/// no runtime, no tasks, no wakers, no allocation per message. Per
+/// message one `RECV` into the connection's buffer and one `SEND` back;
+/// everything queued is submitted, and completions waited for, in one
+/// `io_uring_enter` per iteration (`SINGLE_ISSUER | DEFER_TASKRUN`, as
+/// uringio's ring). What remains is the kernel's TCP work and the least a
+/// completion loop can add to it.
+fn raw_uring_server(ready: Ready) {
+    use io_uring::{IoUring, opcode, squeue, types};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const ACCEPT: u64 = 0;
+    const RECV: u64 = 1;
+    const SEND: u64 = 2;
+    const STOP: u64 = 3;
+    struct Conn {
+        fd: OwnedFd,
+        buf: &'static mut [u8],
+        len: usize,
+        sent: usize,
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    let stop = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+        .expect("eventfd");
+    let stop_fd = stop.as_raw_fd();
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(1024)
+        .expect("io_uring");
+    // Buffers the kernel may still write when the ring goes are leaked,
+    // never freed under it (a benchmark process ends soon after).
+    let stop_buf: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut queue: Vec<squeue::Entry> = vec![
+        opcode::Accept::new(
+            types::Fd(listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .build()
+        .user_data(ACCEPT),
+        opcode::Read::new(types::Fd(stop_fd), stop_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(STOP),
+    ];
+    ready
+        .send((
+            addr,
+            Box::new(move || {
+                let _ = stop.write(1);
+            }),
+        ))
+        .expect("main thread gone");
+    let recv = |i: usize, c: &mut Conn| {
+        opcode::Recv::new(
+            types::Fd(c.fd.as_raw_fd()),
+            c.buf.as_mut_ptr(),
+            c.buf.len() as u32,
+        )
+        .build()
+        .user_data(RECV | (i as u64) << 2)
+    };
+    let send = |i: usize, c: &Conn| {
+        opcode::Send::new(
+            types::Fd(c.fd.as_raw_fd()),
+            c.buf[c.sent..].as_ptr(),
+            (c.len - c.sent) as u32,
+        )
+        .build()
+        .user_data(SEND | (i as u64) << 2)
+    };
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(1024);
+    loop {
+        for e in queue.drain(..) {
+            // SAFETY: every SQE points into a connection's leaked buffer or
+            // the leaked stop buffer, which live for the rest of the process.
+            while unsafe { ring.submission().push(&e) }.is_err() {
+                ring.submit().expect("submit");
+            }
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => panic!("io_uring_enter: {e}"),
+        }
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (ud, res) in done.drain(..) {
+            let i = (ud >> 2) as usize;
+            match ud & 3 {
+                ACCEPT => {
+                    if res >= 0 {
+                        // SAFETY: a new descriptor the kernel gave us.
+                        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                        let one: libc::c_int = 1;
+                        // SAFETY: a valid socket and a c_int option value.
+                        unsafe {
+                            libc::setsockopt(
+                                fd.as_raw_fd(),
+                                libc::IPPROTO_TCP,
+                                libc::TCP_NODELAY,
+                                (&one as *const libc::c_int).cast(),
+                                std::mem::size_of::<libc::c_int>() as u32,
+                            )
+                        };
+                        let mut c = Conn {
+                            fd,
+                            buf: Box::leak(vec![0u8; SERVER_BUF].into_boxed_slice()),
+                            len: 0,
+                            sent: 0,
+                        };
+                        queue.push(recv(conns.len(), &mut c));
+                        conns.push(Some(c));
+                    }
+                    queue.push(
+                        opcode::Accept::new(
+                            types::Fd(listener.as_raw_fd()),
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        )
+                        .build()
+                        .user_data(ACCEPT),
+                    );
+                }
+                RECV => {
+                    let Some(c) = conns[i].as_mut() else { continue };
+                    if res <= 0 {
+                        conns[i] = None;
+                        continue;
+                    }
+                    c.len = res as usize;
+                    c.sent = 0;
+                    queue.push(send(i, c));
+                }
+                SEND => {
+                    let Some(c) = conns[i].as_mut() else { continue };
+                    if res < 0 {
+                        conns[i] = None;
+                        continue;
+                    }
+                    c.sent += res as usize;
+                    if c.sent < c.len {
+                        queue.push(send(i, c));
+                    } else {
+                        queue.push(recv(i, c));
+                    }
+                }
+                _ => {
+                    // Stop: the connections' descriptors close with `conns`
+                    // (their buffers stay leaked).
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// One measured run.
@@ -671,7 +837,10 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![1024]);
-    let mut loads = vec![Load::Saturate];
+    let mut loads = Vec::new();
+    if env_num("ECHO_SATURATE", 1u32) != 0 {
+        loads.push(Load::Saturate);
+    }
     if let Ok(v) = std::env::var("ECHO_RATE") {
         loads.extend(v.split(',').filter(|x| !x.trim().is_empty()).map(|x| {
             Load::Rate(
@@ -684,6 +853,7 @@ fn main() {
     let servers: Vec<Server> = match std::env::var("ECHO_ONLY") {
         Ok(v) if !v.trim().is_empty() => Server::ALL
             .into_iter()
+            .chain([Server::RawUring])
             .filter(|s| v.split(',').any(|k| k.trim() == s.key()))
             .collect(),
         _ => Server::ALL.to_vec(),
@@ -777,7 +947,9 @@ fn measure(
         .position(|&s| s == Server::Tokio)
         .map(|i| med[i]);
     println!();
-    println!("message size {size} B, {label} (medians of {rounds})");
+    println!(
+        "message size {size} B, {label} (medians of {rounds}; ratios: medians of per-round ratios)"
+    );
     println!(
         "| {:<22} | {:>10} | {:>17} | {:>14} | {:>11} | {:>17} |",
         "server",
@@ -791,11 +963,29 @@ fn measure(
         "|{:-<24}|{:->12}|{:->19}|{:->16}|{:->13}|{:->19}|",
         "", "", "", "", "", ""
     );
+    let tokio_idx = servers.iter().position(|&s| s == Server::Tokio);
     for (i, kind) in servers.iter().enumerate() {
         let (m, c, cl) = med[i];
-        let (rt, rc) = match tokio {
-            Some((tm, tc, _)) => (format!("{:.2}", m / tm), format!("{:.2}", c / tc)),
-            None => ("-".into(), "-".into()),
+        // Ratios are taken within each round (servers of one round ran
+        // back to back, under the same machine conditions), then the
+        // median of those is printed.
+        let (rt, rc) = match (tokio, tokio_idx) {
+            (Some(_), Some(t)) => {
+                let per_round = |f: fn(&Sample) -> f64| {
+                    median(
+                        samples[i]
+                            .iter()
+                            .zip(&samples[t])
+                            .map(|(a, b)| f(a) / f(b))
+                            .collect(),
+                    )
+                };
+                (
+                    format!("{:.2}", per_round(|s| s.msgs_per_sec)),
+                    format!("{:.2}", per_round(|s| s.cpu_ns_per_msg)),
+                )
+            }
+            _ => ("-".into(), "-".into()),
         };
         println!(
             "| {:<22} | {:>10.0} | {:>17.0} | {:>14} | {:>11} | {:>17.0} |",

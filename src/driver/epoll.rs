@@ -359,6 +359,12 @@ impl Epoll {
         let t = self.next_token;
         self.next_token += 1;
         *token = Some(t);
+        if list.capacity() == 0 {
+            // Room for one: nearly every fd has one reader and at most one
+            // writer (a Vec's first push would make room for four, which
+            // idle connections would carry).
+            list.reserve_exact(1);
+        }
         list.push((t, waker.clone()));
         Ok(())
     }

@@ -10,7 +10,6 @@
 //! way holds its ring buffer until it is read.
 
 use std::io;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -38,7 +37,32 @@ use super::TcpStream;
 /// lost.
 pub struct RecvMulti<'a> {
     inner: RecvChunks,
-    _stream: PhantomData<&'a TcpStream>,
+    /// The socket: its leftover queue gets what a dropped stream had in
+    /// flight.
+    stream: Owner<'a>,
+}
+
+/// How a receive stream holds its socket.
+enum Owner<'a> {
+    Borrowed(&'a TcpStream),
+    /// The transport layer's streams, kept next to the socket.
+    Shared(std::rc::Rc<TcpStream>),
+}
+
+impl Owner<'_> {
+    fn get(&self) -> &TcpStream {
+        match self {
+            Owner::Borrowed(s) => s,
+            Owner::Shared(s) => s,
+        }
+    }
+}
+
+impl Drop for RecvMulti<'_> {
+    fn drop(&mut self) {
+        let s = self.stream.get();
+        self.inner.abandon(|| s.leftover());
+    }
 }
 
 impl std::fmt::Debug for RecvMulti<'_> {
@@ -49,11 +73,19 @@ impl std::fmt::Debug for RecvMulti<'_> {
     }
 }
 
-impl RecvMulti<'_> {
-    pub(crate) fn new(s: &TcpStream, ring: &BufRing) -> RecvMulti<'static> {
+impl<'a> RecvMulti<'a> {
+    pub(crate) fn new(s: &'a TcpStream, ring: &BufRing) -> RecvMulti<'a> {
         RecvMulti {
-            inner: RecvChunks::new(s.raw_fd(), ring.group().clone(), s.leftover()),
-            _stream: PhantomData,
+            inner: RecvChunks::new(s.raw_fd(), ring.group().clone(), s.existing_leftover()),
+            stream: Owner::Borrowed(s),
+        }
+    }
+
+    /// A stream that holds its socket (for transports).
+    pub(crate) fn new_shared(s: &std::rc::Rc<TcpStream>, ring: &BufRing) -> RecvMulti<'static> {
+        RecvMulti {
+            inner: RecvChunks::new(s.raw_fd(), ring.group().clone(), s.existing_leftover()),
+            stream: Owner::Shared(s.clone()),
         }
     }
 

@@ -273,6 +273,11 @@ impl TcpStream {
             .clone()
     }
 
+    /// The leftover queue, if the socket has one (no allocation).
+    pub(crate) fn existing_leftover(&self) -> Option<RecvLeftover> {
+        self.leftover.borrow().clone()
+    }
+
     /// The leftover queue if a read must look at it first.
     pub(crate) fn pending_leftover(&self) -> Option<RecvLeftover> {
         let l = self.leftover.borrow();
@@ -323,10 +328,10 @@ impl TcpStream {
     }
 
     /// [`recv_multishot`](Self::recv_multishot) without the borrow, for
-    /// transports that keep the stream next to the socket. The caller
-    /// drops it before the socket (it names the socket by number).
-    pub(crate) fn recv_multishot_detached(&self, ring: &BufRing) -> RecvMulti<'static> {
-        RecvMulti::new(self, ring)
+    /// transports that keep the stream next to the socket: the stream
+    /// holds the socket.
+    pub(crate) fn recv_multishot_shared(this: &Rc<Self>, ring: &BufRing) -> RecvMulti<'static> {
+        RecvMulti::new_shared(this, ring)
     }
 
     /// Takes over a connected std stream (made non-blocking).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures_core::Stream;
 
 use super::Protocol;
-use super::stream::{Conn, SockAddr, start};
+use super::stream::{Conn, LostHook, OnLost, SockAddr, start_with};
 use crate::net::{TcpListener, TcpStream, UnixListener, UnixSocketAddr, UnixStream};
 use crate::task::Task;
 
@@ -380,14 +380,14 @@ fn serve<C: Conn, P: Protocol, F: Fn() -> P>(s: C, inner: &Rc<Inner>, factory: &
         }
     };
     let p = Rc::new(RefCell::new(proto));
-    start(
-        s,
-        p,
-        Some(Box::new(move || {
-            done.active.set(done.active.get() - 1);
-            if done.active.get() == 0 {
-                done.wake_all();
-            }
-        })),
-    );
+    start_with(s, p, Some(done as OnLost));
+}
+
+impl LostHook for Inner {
+    fn lost(&self) {
+        self.active.set(self.active.get() - 1);
+        if self.active.get() == 0 {
+            self.wake_all();
+        }
+    }
 }

@@ -22,7 +22,7 @@
 //! it closes when the tasks drop theirs) and of the protocol (which holds
 //! the transport: the cycle is broken there).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
@@ -88,7 +88,8 @@ pub(crate) trait Conn: 'static {
     fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV;
     /// A receive stream from the loop's shared buffer ring (multishot on
     /// io_uring), where the connection has one: no buffer per connection.
-    fn recv_stream(&self) -> Option<RecvMulti<'static>> {
+    fn recv_stream(this: &Rc<Self>) -> Option<RecvMulti<'static>> {
+        let _ = this;
         None
     }
     /// Shuts the write side (`None` if it cannot: `can_write_eof` false).
@@ -131,8 +132,8 @@ macro_rules! socket_conn {
             fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
                 self.writev_op(bufs)
             }
-            fn recv_stream(&self) -> Option<RecvMulti<'static>> {
-                let $s = self;
+            fn recv_stream(this: &Rc<Self>) -> Option<RecvMulti<'static>> {
+                let $s = this;
                 $ring
             }
             fn shutdown_write(&self) -> Option<io::Result<()>> {
@@ -153,7 +154,7 @@ macro_rules! socket_conn {
 
 socket_conn!(TcpStream, SockAddr::Inet, |s| {
     let ring = crate::buf::BufRing::loop_default().ok()?;
-    Some(s.recv_multishot_detached(&ring))
+    Some(TcpStream::recv_multishot_shared(s, &ring))
 });
 // Unix streams have no multishot receive yet: plain receives.
 socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None);
@@ -164,9 +165,13 @@ trait ConnInfo {
     fn can_write_eof(&self) -> bool;
     fn eof_closes(&self) -> bool;
     fn sockname(&self) -> Option<SockAddr>;
+    fn peername(&self) -> Option<SockAddr>;
 }
 
 impl<C: Conn> ConnInfo for C {
+    fn peername(&self) -> Option<SockAddr> {
+        Conn::peername(self)
+    }
     fn can_write_eof(&self) -> bool {
         Conn::can_write_eof(self)
     }
@@ -198,14 +203,21 @@ struct State {
     reading_paused: bool,
     /// `connection_lost` was scheduled.
     lost: bool,
-    /// The connection task's waker while it waits.
+    /// The connection task's waker, kept from poll to poll (a new one
+    /// is cloned only if the task's waker changed).
     waker: Option<Waker>,
+    /// The connection's task is polling: what a callback changes now is
+    /// seen by that poll, no wake-up needed.
+    polling: bool,
 }
 
 impl State {
     fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
+        if self.polling {
+            return;
+        }
+        if let Some(w) = &self.waker {
+            w.wake_by_ref();
         }
     }
 }
@@ -218,11 +230,14 @@ pub(crate) struct Core {
     task: RefCell<Option<Task<()>>>,
     /// Whether the connection sends (`false` for a read pipe).
     writable: bool,
-    /// For debug mode's "unclosed transport" report.
-    peer: Option<SockAddr>,
+    /// The peer's address, asked of the socket the first time something
+    /// needs it (`peername`, a report; at once in debug mode) and kept:
+    /// most connections never need it, and it is boxed so they do not
+    /// carry its room either.
+    peer: OnceCell<Option<Box<SockAddr>>>,
     debug: bool,
-    /// Called once the connection is lost (servers count connections).
-    on_lost: RefCell<Option<Box<dyn FnOnce()>>>,
+    /// Told once the connection is lost (servers count connections).
+    on_lost: RefCell<Option<OnLost>>,
     closed_by_user: Cell<bool>,
 }
 
@@ -237,7 +252,7 @@ impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.core.st.borrow();
         f.debug_struct("Transport")
-            .field("peer", &self.core.peer)
+            .field("peer", &self.core.peer())
             .field("closing", &st.closing)
             .field("write_buffer", &(st.buffered + st.inflight))
             .finish()
@@ -416,7 +431,7 @@ impl Transport {
 
     /// The peer's address.
     pub fn peername(&self) -> Option<SockAddr> {
-        self.core.peer.clone()
+        self.core.peer()
     }
 
     /// The local address.
@@ -425,7 +440,39 @@ impl Transport {
     }
 }
 
+/// Told when a connection is lost.
+pub(crate) trait LostHook {
+    /// One connection was lost (after its `connection_lost`).
+    fn lost(&self);
+}
+
+/// What is told when a connection is lost: a hook shared by many
+/// connections (a server's count) costs them no allocation each.
+pub(crate) type OnLost = Rc<dyn LostHook>;
+
+/// A closure as a [`LostHook`], run once.
+struct Once(Cell<Option<Box<dyn FnOnce()>>>);
+
+impl LostHook for Once {
+    fn lost(&self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 impl Core {
+    /// The peer's address (see the field).
+    fn peer(&self) -> Option<SockAddr> {
+        self.peer
+            .get_or_init(|| {
+                let c = self.conn.borrow();
+                c.as_ref().and_then(|c| c.peername()).map(Box::new)
+            })
+            .as_deref()
+            .cloned()
+    }
+
     /// Adds `n` bytes with `f`, wakes the writer, and checks the
     /// high-water mark.
     fn push(&self, f: impl FnOnce(&mut State), n: usize) {
@@ -451,7 +498,7 @@ impl Core {
         st.protocol_paused = true;
         drop(st);
         if let Some(p) = self.protocol() {
-            let peer = self.peer.clone();
+            let peer = self.peer();
             get_running_loop().call_soon(move || {
                 call_guarded(&p, peer.as_ref(), |p| p.pause_writing());
             });
@@ -467,7 +514,7 @@ impl Core {
         st.protocol_paused = false;
         drop(st);
         if let Some(p) = self.protocol() {
-            let peer = self.peer.clone();
+            let peer = self.peer();
             get_running_loop().call_soon(move || {
                 call_guarded(&p, peer.as_ref(), |p| p.resume_writing());
             });
@@ -506,6 +553,9 @@ impl Core {
             st.inflight = 0;
             st.waker = None;
         }
+        // Asked while the socket is still here (a report of a panic in
+        // `connection_lost` names it).
+        let peer = self.peer();
         let task = self.task.borrow_mut().take();
         let conn = self.conn.borrow_mut().take();
         let proto = self.proto.borrow_mut().take();
@@ -514,13 +564,12 @@ impl Core {
             t.cancel();
         }
         drop(conn);
-        let peer = self.peer.clone();
         get_running_loop().call_soon(move || {
             if let Some(p) = proto {
                 call_guarded(&p, peer.as_ref(), |p| p.connection_lost(exc));
             }
             if let Some(f) = on_lost {
-                f();
+                f.lost();
             }
         });
     }
@@ -536,7 +585,7 @@ impl Core {
                 let msg = crate::error::panic_message(panic.as_ref())
                     .unwrap_or("<non-string panic payload>")
                     .to_string();
-                report_panic(self.peer.as_ref(), &msg);
+                report_panic(self.peer().as_ref(), &msg);
                 self.lose(Some(io::Error::other(format!(
                     "protocol callback panicked: {msg}"
                 ))));
@@ -560,8 +609,13 @@ impl Core {
                 return;
             }
             st.lost = true;
+            st.waker = None;
             !st.closing
         };
+        if report && self.debug && !self.closed_by_user.get() {
+            // Before the socket goes.
+            let _ = self.peer();
+        }
         drop(self.proto.borrow_mut().take());
         drop(self.conn.borrow_mut().take());
         drop(self.on_lost.borrow_mut().take());
@@ -574,7 +628,8 @@ impl Core {
         log::warn!(
             "uringio: unclosed transport to {} dropped (call close() or abort())",
             self.peer
-                .as_ref()
+                .get()
+                .and_then(|p| p.as_deref())
                 .map_or_else(|| "an unknown peer".to_string(), |p| p.to_string())
         );
     }
@@ -635,6 +690,16 @@ pub(crate) fn start<C: Conn>(
     proto: Rc<RefCell<dyn Protocol>>,
     on_lost: Option<Box<dyn FnOnce()>>,
 ) -> Transport {
+    let on_lost = on_lost.map(|f| Rc::new(Once(Cell::new(Some(f)))) as OnLost);
+    start_with(conn, proto, on_lost)
+}
+
+/// [`start`] with any [`OnLost`].
+pub(crate) fn start_with<C: Conn>(
+    conn: C,
+    proto: Rc<RefCell<dyn Protocol>>,
+    on_lost: Option<OnLost>,
+) -> Transport {
     let conn = Rc::new(conn);
     let lp = get_running_loop();
     let core = Rc::new(Core {
@@ -647,11 +712,16 @@ pub(crate) fn start<C: Conn>(
         conn: RefCell::new(Some(conn.clone() as Rc<dyn ConnInfo>)),
         task: RefCell::new(None),
         writable: conn.writable(),
-        peer: Conn::peername(&*conn),
+        peer: OnceCell::new(),
         debug: lp.get_debug(),
         on_lost: RefCell::new(on_lost),
         closed_by_user: Cell::new(false),
     });
+    if core.debug {
+        // Debug mode's "unclosed transport" report names the peer, even
+        // if the socket is gone by then.
+        let _ = core.peer();
+    }
     let t = Transport { core: core.clone() };
     // The guard is made outside the task's future, so that it also fires
     // if the future is dropped before its first poll.
@@ -698,7 +768,10 @@ struct Pump<C: Conn> {
     /// The plain receive path's state (connections without a buffer
     /// ring), boxed: ring connections, the many idle ones, do not carry it.
     plain: Option<Box<PlainRecv<C>>>,
-    send: Option<Sending<C>>,
+    /// The send in flight, boxed: it is made for each send and freed when
+    /// it completes, so an idle connection does not carry its room (an
+    /// allocation per send, a few ns against the send's µs).
+    send: Option<Box<Sending<C>>>,
     /// End of stream (or closing): no more receives.
     read_done: bool,
     /// Receives come from the buffer ring (`multi`), re-made after a pause.
@@ -726,9 +799,25 @@ enum Step {
 
 impl<C: Conn> Pump<C> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        // Wake-ups meant for this poll are spent: a `write` made by a
+        // While this poll runs, wake-ups are spent: a `write` made by a
         // callback below is seen by the loop here, not through a wake.
-        self.core.st.borrow_mut().waker = None;
+        self.core.st.borrow_mut().polling = true;
+        let r = self.poll_steps(cx);
+        let mut st = self.core.st.borrow_mut();
+        st.polling = false;
+        match r {
+            Poll::Pending => match &st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.waker = Some(cx.waker().clone()),
+            },
+            // The task ends: the core (which handles may keep) must not
+            // keep it alive.
+            Poll::Ready(()) => st.waker = None,
+        }
+        r
+    }
+
+    fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let w = self.poll_send(cx);
             if matches!(w, Step::Done) {
@@ -739,11 +828,9 @@ impl<C: Conn> Pump<C> {
                 return Poll::Ready(());
             }
             if matches!((w, r), (Step::Idle, Step::Idle)) {
-                let mut st = self.core.st.borrow_mut();
-                if st.lost {
+                if self.core.st.borrow().lost {
                     return Poll::Ready(());
                 }
-                st.waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
         }
@@ -761,14 +848,14 @@ impl<C: Conn> Pump<C> {
                     let b = st.bufs.pop_front().unwrap_or_default();
                     st.inflight += b.len();
                     st.buffered -= b.len();
-                    self.send = Some(Sending::One(self.conn.send(b)));
+                    self.send = Some(Box::new(Sending::One(self.conn.send(b))));
                 } else {
                     let n = st.bufs.len().min(64);
                     let v: Vec<Vec<u8>> = st.bufs.drain(..n).collect();
                     let len: usize = v.iter().map(Vec::len).sum();
                     st.inflight += len;
                     st.buffered -= len;
-                    self.send = Some(Sending::Many(self.conn.send_vectored(v)));
+                    self.send = Some(Box::new(Sending::Many(self.conn.send_vectored(v))));
                 }
             } else if st.closing {
                 // Flushed: the close completes.
@@ -789,7 +876,7 @@ impl<C: Conn> Pump<C> {
                 return Step::Idle;
             }
         }
-        let res = match self.send.as_mut() {
+        let res = match self.send.as_deref_mut() {
             Some(Sending::One(f)) => match Pin::new(f).poll(cx) {
                 Poll::Pending => return Step::Idle,
                 Poll::Ready((res, b)) => {
@@ -882,7 +969,7 @@ impl<C: Conn> Pump<C> {
             return Step::Idle;
         }
         if self.multi.is_none() {
-            self.multi = self.conn.recv_stream();
+            self.multi = C::recv_stream(&self.conn);
         }
         let Some(m) = self.multi.as_mut() else {
             // The ring went away (the loop is closing).
@@ -941,7 +1028,7 @@ impl<C: Conn> Pump<C> {
         }
         if !self.multi_tried {
             self.multi_tried = true;
-            self.multi = self.conn.recv_stream();
+            self.multi = C::recv_stream(&self.conn);
             self.uses_ring = self.multi.is_some();
         }
         if self.uses_ring {

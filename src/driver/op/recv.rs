@@ -56,7 +56,10 @@ fn recv_sqe(fd: RawFd, group: &BufGroup, multishot: bool) -> squeue::Entry {
 pub(crate) struct RecvChunks {
     fd: RawFd,
     group: Rc<BufGroup>,
-    leftover: RecvLeftover,
+    /// The socket's leftover queue, if it had one when this receive was
+    /// made (most sockets never do: it is made when a receive is
+    /// abandoned with bytes possibly in flight, see [`RecvChunks::abandon`]).
+    leftover: Option<RecvLeftover>,
     /// The loop it runs in (bound at the first poll).
     driver: Option<Rc<Driver>>,
     /// io_uring: the slot of the receive (kernel ring) in flight.
@@ -65,7 +68,9 @@ pub(crate) struct RecvChunks {
     readable: Option<Op<Readable>>,
     /// Emulated on epoll: our readiness waiter.
     token: Option<u64>,
-    waiter: Rc<BufWaiter>,
+    /// Our place in the group's queue of receives waiting for a buffer,
+    /// made the first time the ring runs empty on us.
+    waiter: Option<Rc<BufWaiter>>,
     /// The last receive ended with `ENOBUFS`.
     need_bufs: bool,
     /// The kernel refused multishot receive: one-shot receives instead.
@@ -79,7 +84,11 @@ pub(crate) struct RecvChunks {
 }
 
 impl RecvChunks {
-    pub(crate) fn new(fd: RawFd, group: Rc<BufGroup>, leftover: RecvLeftover) -> RecvChunks {
+    pub(crate) fn new(
+        fd: RawFd,
+        group: Rc<BufGroup>,
+        leftover: Option<RecvLeftover>,
+    ) -> RecvChunks {
         RecvChunks {
             fd,
             group,
@@ -88,7 +97,7 @@ impl RecvChunks {
             recv_key: None,
             readable: None,
             token: None,
-            waiter: Rc::default(),
+            waiter: None,
             need_bufs: false,
             single: false,
             got_any: false,
@@ -106,11 +115,12 @@ impl RecvChunks {
     /// Waits for a buffer to come back; an emulated ring counts the wait
     /// (once) as finding the ring empty.
     fn wait_for_buffer(
-        &self,
+        &mut self,
         driver: &Driver,
         cx: &mut Context<'_>,
     ) -> Poll<Option<io::Result<RingEntry>>> {
-        if self.group.wait(&self.waiter, cx.waker()) && !self.group.is_kernel() {
+        let w = self.waiter.get_or_insert_with(Rc::default);
+        if self.group.wait(w, cx.waker()) && !self.group.is_kernel() {
             driver.bump(|s| s.buf_ring_empty += 1);
         }
         Poll::Pending
@@ -126,8 +136,8 @@ impl RecvChunks {
         }
         // What a dropped receive on this socket left comes first; while one
         // may still add to it, wait.
-        if self.recv_key.is_none() && self.readable.is_none() {
-            let mut l = self.leftover.borrow_mut();
+        if let (None, None, Some(l)) = (self.recv_key, &self.readable, &self.leftover) {
+            let mut l = l.borrow_mut();
             if let Some(item) = l.items.pop_front() {
                 return Poll::Ready(match item {
                     RecvItem::Data(e) => Some(Ok(e)),
@@ -197,7 +207,7 @@ impl RecvChunks {
                         // The ring was empty when the kernel tried: re-arm
                         // once a buffer is back, claiming it, else queue up
                         // to be woken by the next one to come back.
-                        self.waiter.take_notified();
+                        self.take_notified();
                         if !self.group.try_reserve() {
                             return self.wait_for_buffer(driver, cx);
                         }
@@ -294,7 +304,7 @@ impl RecvChunks {
                 let Some(mut e) = self.group.take_free() else {
                     return self.wait_for_buffer(driver, cx);
                 };
-                self.waiter.take_notified();
+                self.take_notified();
                 let (p, len) = e.raw_buf();
                 // SAFETY: the buffer is out of the ring, held by `e`, and
                 // `len` bytes long.
@@ -357,17 +367,34 @@ impl RecvChunks {
 
 use std::future::Future;
 
-impl Drop for RecvChunks {
-    fn drop(&mut self) {
-        self.group.unwait(&self.waiter);
+impl RecvChunks {
+    /// Takes the waiter's buffer notification, if it has one.
+    fn take_notified(&self) {
+        if let Some(w) = &self.waiter {
+            w.take_notified();
+        }
+    }
+
+    /// Ends the receive: a multishot receive in flight is cancelled, and
+    /// what it had received (and what comes before the cancellation
+    /// lands) goes to the socket's leftover queue, which `leftover` gives
+    /// (made on demand: only abandoned receives need one). Called by the
+    /// owner before the drop; a drop without it loses those bytes (never
+    /// memory: the buffers still go back to the ring).
+    pub(crate) fn abandon(&mut self, leftover: impl FnOnce() -> RecvLeftover) {
+        if let Some(w) = self.waiter.take() {
+            self.group.unwait(&w);
+        }
         if self.reserved {
+            self.reserved = false;
             self.group.unreserve();
         }
         let Some(d) = self.driver.take() else {
             return;
         };
         if let Some(k) = self.recv_key.take() {
-            let late = RecvLate::new(self.leftover.clone(), self.group.clone());
+            let leftover = self.leftover.take().unwrap_or_else(leftover);
+            let late = RecvLate::new(leftover, self.group.clone());
             if let Backends::Uring(u) = &mut *d.inner.borrow_mut() {
                 u.abandon_multi(k, None, LateResults::Recv(late));
             }
@@ -375,5 +402,11 @@ impl Drop for RecvChunks {
         if let Some(t) = self.token.take() {
             driver::epoll_unwait(&d, self.fd, false, t);
         }
+    }
+}
+
+impl Drop for RecvChunks {
+    fn drop(&mut self) {
+        self.abandon(RecvLeftover::default);
     }
 }
