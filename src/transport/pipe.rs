@@ -34,12 +34,12 @@ impl PipeEnd {
 
 impl Conn for PipeEnd {
     type Recv = Op<rw::Read<Vec<u8>>>;
-    type Send = Op<rw::Write<Vec<u8>>>;
+    type Send = Op<rw::Write<crate::buf::Slice<Vec<u8>>>>;
     type SendV = Op<rw::WriteV<Vec<u8>>>;
     fn recv(&self, buf: Vec<u8>) -> Self::Recv {
         Op::new(rw::Read::new(self.fd.fd(), buf, None, false))
     }
-    fn send(&self, buf: Vec<u8>) -> Self::Send {
+    fn send(&self, buf: crate::buf::Slice<Vec<u8>>) -> Self::Send {
         Op::new(rw::Write::new(self.fd.fd(), buf, None, false))
     }
     fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {

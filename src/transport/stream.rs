@@ -33,6 +33,7 @@ use std::task::{Context, Poll, Waker};
 
 use super::Protocol;
 use crate::BufResult;
+use crate::buf::{IoBuf, Slice};
 use crate::driver::op::{Op, rw};
 use crate::net::{RecvMulti, TcpStream};
 use crate::runtime::{ExceptionContext, get_running_loop};
@@ -76,14 +77,14 @@ impl std::fmt::Display for SockAddr {
 pub(crate) trait Conn: 'static {
     /// A receive.
     type Recv: Future<Output = BufResult<usize, Vec<u8>>> + Unpin;
-    /// A send (maybe short).
-    type Send: Future<Output = BufResult<usize, Vec<u8>>> + Unpin;
+    /// A send (maybe short) of a buffer's bytes from an offset on.
+    type Send: Future<Output = BufResult<usize, Slice<Vec<u8>>>> + Unpin;
     /// A vectored send (maybe short).
     type SendV: Future<Output = BufResult<usize, Vec<Vec<u8>>>> + Unpin;
     /// Receives into `buf`'s spare capacity.
     fn recv(&self, buf: Vec<u8>) -> Self::Recv;
     /// Sends (some of) `buf`.
-    fn send(&self, buf: Vec<u8>) -> Self::Send;
+    fn send(&self, buf: Slice<Vec<u8>>) -> Self::Send;
     /// Sends as much of `bufs` as it can in one call.
     fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV;
     /// A receive stream from the loop's shared buffer ring (multishot on
@@ -121,12 +122,12 @@ macro_rules! socket_conn {
     ($t:ty, $addr:path, |$s:ident| $ring:expr) => {
         impl Conn for $t {
             type Recv = Op<rw::Read<Vec<u8>>>;
-            type Send = Op<rw::Write<Vec<u8>>>;
+            type Send = Op<rw::Write<Slice<Vec<u8>>>>;
             type SendV = Op<rw::WriteV<Vec<u8>>>;
             fn recv(&self, buf: Vec<u8>) -> Self::Recv {
                 self.read_op(buf)
             }
-            fn send(&self, buf: Vec<u8>) -> Self::Send {
+            fn send(&self, buf: Slice<Vec<u8>>) -> Self::Send {
                 self.write_op(buf)
             }
             fn send_vectored(&self, bufs: Vec<Vec<u8>>) -> Self::SendV {
@@ -201,6 +202,9 @@ struct State {
     eof_requested: bool,
     eof_written: bool,
     reading_paused: bool,
+    /// Bytes of `bufs`' first buffer already sent (a short send leaves the
+    /// rest where it is: no copy of what remains).
+    head_off: usize,
     /// `connection_lost` was scheduled.
     lost: bool,
     /// The connection task's waker, kept from poll to poll (a new one
@@ -549,6 +553,7 @@ impl Core {
             st.lost = true;
             st.closing = true;
             st.bufs.clear();
+            st.head_off = 0;
             st.buffered = 0;
             st.inflight = 0;
             st.waker = None;
@@ -844,11 +849,14 @@ impl<C: Conn> Pump<C> {
                 return Step::Done;
             }
             if !st.bufs.is_empty() {
-                if st.bufs.len() == 1 {
+                if st.bufs.len() == 1 || st.head_off > 0 {
+                    // One buffer, or the rest of a partly sent one (sent
+                    // alone, from where the last send stopped).
                     let b = st.bufs.pop_front().unwrap_or_default();
-                    st.inflight += b.len();
-                    st.buffered -= b.len();
-                    self.send = Some(Box::new(Sending::One(self.conn.send(b))));
+                    let off = std::mem::take(&mut st.head_off);
+                    st.inflight += b.len() - off;
+                    st.buffered -= b.len() - off;
+                    self.send = Some(Box::new(Sending::One(self.conn.send(b.slice(off..)))));
                 } else {
                     let n = st.bufs.len().min(64);
                     let v: Vec<Vec<u8>> = st.bufs.drain(..n).collect();
@@ -906,19 +914,22 @@ impl<C: Conn> Pump<C> {
     }
 
     /// A single send completed: a short one puts the rest back in front.
-    fn sent_one(&mut self, res: io::Result<usize>, mut b: Vec<u8>) -> io::Result<()> {
+    fn sent_one(&mut self, res: io::Result<usize>, sent: Slice<Vec<u8>>) -> io::Result<()> {
+        let off = sent.begin();
+        let mut b = sent.into_inner();
+        let len = b.len() - off;
         let n = match res {
-            Ok(0) if !b.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(0) if len > 0 => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
             Err(e) => return Err(e),
         };
         let mut st = self.core.st.borrow_mut();
-        let len = b.len();
         st.inflight -= len;
         if n < len {
-            b.drain(..n);
-            st.buffered += b.len();
+            // The rest goes next, from where this send stopped.
+            st.buffered += len - n;
+            st.head_off = off + n;
             st.bufs.push_front(b);
         } else if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
             b.clear();
@@ -940,13 +951,15 @@ impl<C: Conn> Pump<C> {
         let total: usize = v.iter().map(Vec::len).sum();
         st.inflight -= total;
         let mut rest = Vec::new();
-        for mut b in v {
+        let mut head_off = 0;
+        for b in v {
             if n >= b.len() {
                 n -= b.len();
                 continue;
             }
             if n > 0 {
-                b.drain(..n);
+                // Partly sent: it goes first, from where the send stopped.
+                head_off = n;
                 n = 0;
             }
             rest.push(b);
@@ -955,6 +968,8 @@ impl<C: Conn> Pump<C> {
             st.buffered += b.len();
             st.bufs.push_front(b);
         }
+        st.buffered -= head_off;
+        st.head_off = head_off;
         Ok(())
     }
 
