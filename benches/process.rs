@@ -5,7 +5,7 @@
 //! - `spawn+wait seq`: 1,000 `/bin/true`, one after another;
 //! - `spawn+wait x32`: 1,000 `/bin/true`, 32 at a time;
 //! - `cat 256 MiB`: `communicate` of 256 MiB through `cat` (stdin in,
-//!   stdout back), checked by length.
+//!   stdout back), checked by length; `cat` runs on CPU 1 (`taskset`).
 //!
 //! The runtime thread is pinned to CPU 0 (children may run anywhere).
 //! Contenders run round-robin for `PROC_ROUNDS` rounds (default 5); the
@@ -102,7 +102,9 @@ fn uringio_run(b: Backend, w: Work) -> Duration {
                 }
             }
             Work::Cat(bytes) => {
-                let mut p = uringio::process::Command::new("cat")
+                // cat on the other CPU (the loop is pinned to CPU 0).
+                let mut p = uringio::process::Command::new("taskset")
+                    .args(["-c", "1", "cat"])
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .spawn()
@@ -155,7 +157,8 @@ fn tokio_run(w: Work) -> Duration {
             }
             Work::Cat(bytes) => {
                 use tokio::io::AsyncWriteExt;
-                let mut c = tokio::process::Command::new("cat")
+                let mut c = tokio::process::Command::new("taskset")
+                    .args(["-c", "1", "cat"])
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
                     .spawn()

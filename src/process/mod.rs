@@ -51,6 +51,10 @@ use crate::driver;
 use crate::driver::op::process::{ExitOf, Pidfd, orphans};
 use crate::streams::{self, StreamReader, StreamWriter};
 
+/// The size asked for each pipe to a child (1 MiB, Linux's default
+/// `pipe-max-size`).
+const PIPE_SIZE: i32 = 1 << 20;
+
 /// A builder for a child process: `std::process::Command`'s, plus
 /// [`kill_on_drop`](Self::kill_on_drop). By default the child inherits
 /// this process's stdin, stdout and stderr (as asyncio's `None`).
@@ -186,6 +190,15 @@ impl Command {
     pub fn spawn(&mut self) -> io::Result<Process> {
         let mut p = self.spawn_raw()?;
         if p.stdin_fd.is_some() || p.stdout_fd.is_some() || p.stderr_fd.is_some() {
+            // Bigger pipes: fewer, larger reads and writes on both sides
+            // (the kernel may refuse above /proc/sys/fs/pipe-max-size or a
+            // user's pipe quota: then the default 64 KiB stays).
+            for fd in [&p.stdin_fd, &p.stdout_fd, &p.stderr_fd]
+                .into_iter()
+                .flatten()
+            {
+                let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+            }
             if crate::runtime::context::current().is_none() {
                 let _ = p.kill();
                 return Err(io::Error::other(
