@@ -117,6 +117,9 @@ fn parse_args() -> Args {
     }
 }
 
+/// The address the first core bound (or why it could not), for the others.
+type Bound = (Mutex<Option<Result<SocketAddr, String>>>, Condvar);
+
 /// Counters shared by every core.
 #[derive(Default)]
 struct Counters {
@@ -195,7 +198,7 @@ fn main() {
     let counters = Arc::new(Counters::default());
     let stopping = Arc::new(AtomicBool::new(false));
     // The first core binds; the others join the port it got.
-    let bound: Arc<(Mutex<Option<Result<SocketAddr, String>>>, Condvar)> = Default::default();
+    let bound: Arc<Bound> = Default::default();
     let mut stop_txs = Vec::new();
     let mut stop_rxs = Vec::new();
     for _ in 0..args.cores {
