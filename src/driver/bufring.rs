@@ -522,6 +522,9 @@ impl Drop for RingEntry {
 pub(crate) enum RecvItem {
     /// Bytes, in a ring buffer.
     Data(RingEntry),
+    /// Bytes a dropped copy had read from the socket but not written
+    /// (see `net::copy_bidirectional`), handed back in a plain buffer.
+    Bytes(Vec<u8>),
     /// End of stream.
     Eof,
     /// The receive failed.
@@ -542,6 +545,21 @@ pub(crate) struct Leftover {
 
 /// A socket's [`Leftover`], shared with the driver's slots.
 pub(crate) type RecvLeftover = Rc<RefCell<Leftover>>;
+
+/// Hands bytes back to a socket's leftover: `front` for bytes that were
+/// read before anything the leftover holds, else at the back. Returns the
+/// waker of a reader waiting on it (to run with the driver released).
+pub(crate) fn hand_back(leftover: &RecvLeftover, bytes: Vec<u8>, front: bool) -> Option<Waker> {
+    let mut l = leftover.borrow_mut();
+    if !bytes.is_empty() {
+        if front {
+            l.items.push_front(RecvItem::Bytes(bytes));
+        } else {
+            l.items.push_back(RecvItem::Bytes(bytes));
+        }
+    }
+    l.waker.take()
+}
 
 /// How a dropped multishot receive's late CQEs reach the socket's
 /// leftover. Once the kernel still has the receive ([`RecvLate::start`]),

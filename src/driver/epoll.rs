@@ -48,6 +48,7 @@ use std::time::Duration;
 use slab::Slab;
 
 use super::blocking::BlockingPool;
+use super::op::LateHook;
 use super::op::OpCode;
 use super::{Stats, Unpark};
 
@@ -213,7 +214,7 @@ struct PoolSlot {
 }
 
 /// A dropped op's data and the hook for a result nobody took.
-type Abandoned = (Box<dyn Any>, fn(i32));
+type Abandoned = (Box<dyn Any>, LateHook);
 
 /// Keys of pool jobs that finished, handed from pool threads to the loop.
 struct Inbox {
@@ -270,7 +271,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn discard_nothing(_: i32) {}
+fn discard_nothing(_: &mut dyn Any, _: i32) {}
 
 impl Epoll {
     pub(crate) fn new(
@@ -536,8 +537,12 @@ impl Epoll {
         };
         if slot.abandoned.is_some() {
             let slot = self.blocking.remove(key);
-            if let (Some((data, discard)), Ok(n)) = (slot.abandoned, slot.job.take()) {
-                discard(n as i32);
+            if let Some((mut data, discard)) = slot.abandoned {
+                let res = match slot.job.take() {
+                    Ok(n) => n as i32,
+                    Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+                };
+                discard(&mut *data, res);
                 garbage.push(data);
             }
             return;
@@ -569,19 +574,25 @@ impl Epoll {
     pub(crate) fn abandon_blocking(
         &mut self,
         key: usize,
-        data: Box<dyn Any>,
-        discard: fn(i32),
+        mut data: Box<dyn Any>,
+        discard: LateHook,
     ) -> Option<Box<dyn Any>> {
         let slot = self.blocking.get_mut(key)?;
         if slot.reported {
             let slot = self.blocking.remove(key);
-            if let Ok(n) = slot.job.take() {
-                discard(n as i32);
-            }
+            let res = match slot.job.take() {
+                Ok(n) => n as i32,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            discard(&mut *data, res);
             return Some(data);
         }
-        if let Some(Ok(n)) = slot.job.skip_or_wait() {
-            discard(n as i32);
+        if let Some(r) = slot.job.skip_or_wait() {
+            let res = match r {
+                Ok(n) => n as i32,
+                Err(e) => -e.raw_os_error().unwrap_or(libc::EIO),
+            };
+            discard(&mut *data, res);
         }
         slot.abandoned = Some((data, discard_nothing));
         None

@@ -128,6 +128,9 @@ pub struct Features {
     pub buf_ring: bool,
     /// `IORING_OP_SEND_ZC` (6.0).
     pub send_zc: bool,
+    /// `IORING_OP_SPLICE` (5.7); without it `net::splice` makes the
+    /// system call itself.
+    pub splice: bool,
     /// `IORING_OP_MSG_RING` (5.18).
     pub msg_ring: bool,
     /// `IORING_OP_WAITID` (6.7).

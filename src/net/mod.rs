@@ -9,17 +9,21 @@
 //! end-of-stream. To read over a full buffer (a `Box<[u8]>`, a full `Vec`),
 //! wrap it in [`buf::Overwrite`](crate::buf::Overwrite).
 
+mod copy;
 mod recv;
 mod resolve;
 mod socket;
+mod splice;
 mod tcp;
 mod udp;
 mod unix;
 
+pub use copy::{CopyBidirectional, CopyMode, copy_bidirectional};
 pub use recv::RecvMulti;
 pub use resolve::ToSocketAddrs;
 pub(crate) use resolve::resolve_async;
 pub(crate) use socket::Socket;
+pub use splice::splice;
 pub use tcp::{Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 pub(crate) use unix::remove_stale_socket;

@@ -187,6 +187,16 @@ where
                                 }
                                 Err(err) => Err(err),
                             },
+                            RecvItem::Bytes(v) => match fill(&mut buf, v) {
+                                Ok(n) => {
+                                    v.drain(..n);
+                                    if v.is_empty() {
+                                        l.items.pop_front();
+                                    }
+                                    Ok(n)
+                                }
+                                Err(err) => Err(err),
+                            },
                             // Sticky, as on a socket.
                             RecvItem::Eof => Ok(0),
                             RecvItem::Err(_) => match l.items.pop_front() {

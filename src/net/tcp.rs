@@ -395,6 +395,22 @@ impl TcpStream {
         ops::write_all(self.sock.fd(), buf, None, true, fixed).await
     }
 
+    /// Sends `buf`'s initialised bytes (maybe not all of them) without
+    /// copying them into the kernel: `IORING_OP_SEND_ZC` (6.0), where the
+    /// network stack reads the buffer in place.
+    ///
+    /// The future resolves only once the kernel is done with the buffer
+    /// (its notification completion, `IORING_CQE_F_NOTIF`, has come), so
+    /// the buffer handed back may be reused at once. Dropping the future
+    /// keeps the buffer in the driver until that notification. Where the
+    /// kernel lacks `SEND_ZC`, and on epoll, this is a plain
+    /// [`write`](Self::write) with the same results. Zero-copy pays off
+    /// for large sends to a real NIC; on loopback the kernel copies
+    /// anyway (see uring-sys-notes/send-zc.md).
+    pub fn send_zc<B: IoBuf>(&self, buf: B) -> impl Future<Output = BufResult<usize, B>> + '_ {
+        crate::driver::op::splice::SendZc::new(self.sock.fd(), buf)
+    }
+
     /// Reads into several buffers' spare capacity, in order. Bytes a
     /// dropped [`recv_multishot`](Self::recv_multishot) stream left come
     /// first.

@@ -36,6 +36,7 @@ pub(crate) mod recv;
 pub(crate) mod rw;
 pub(crate) mod signal;
 pub(crate) mod sock;
+pub(crate) mod splice;
 pub(crate) mod unix;
 
 use std::any::Any;
@@ -109,6 +110,18 @@ pub(crate) trait OpCode: 'static {
     /// before it could take it. Ops whose result is a new descriptor
     /// (accept, openat) close it here; nothing else needs to.
     fn discard_result(_res: i32) {}
+
+    /// Called with the raw result (negative errno included) of an op
+    /// whose future was dropped while the kernel or a pool thread had it,
+    /// before its data is dropped (with the driver released). The default
+    /// passes a success to [`OpCode::discard_result`]; ops that must
+    /// account for what the kernel did after the drop (a copy handing
+    /// unsent bytes back) record it here and act in their `Drop`.
+    fn late_result(&mut self, res: i32) {
+        if res >= 0 {
+            Self::discard_result(res);
+        }
+    }
 
     /// For a read from a stream socket: how many bytes it asks for. A read
     /// that returns fewer drained the socket, so the epoll backend skips
@@ -464,16 +477,26 @@ impl<T: OpCode> Drop for Op<T> {
             // The kernel or a pool thread still owns the buffers: park them in
             // the driver until the completion arrives.
             (State::Uring(key), Backends::Uring(u)) => {
-                u.abandon(key, data, T::discard_result);
+                u.abandon(key, data, late_hook::<T>);
                 None
             }
-            (State::Pool(key), Backends::Epoll(e)) => {
-                e.abandon_blocking(key, data, T::discard_result)
-            }
+            (State::Pool(key), Backends::Epoll(e)) => e.abandon_blocking(key, data, late_hook::<T>),
             (_, _) => Some(data),
         };
         // Dropped with the driver released.
         drop(garbage);
+    }
+}
+
+/// What the driver calls with a dropped op's data and its late result.
+pub(crate) type LateHook = fn(&mut dyn Any, i32);
+
+/// The [`LateHook`] of op type `T`: [`OpCode::late_result`] on its data.
+fn late_hook<T: OpCode>(data: &mut dyn Any, res: i32) {
+    match data.downcast_mut::<T>() {
+        Some(t) => t.late_result(res),
+        None if res >= 0 => T::discard_result(res),
+        None => {}
     }
 }
 

@@ -141,6 +141,17 @@ impl RecvChunks {
             if let Some(item) = l.items.pop_front() {
                 return Poll::Ready(match item {
                     RecvItem::Data(e) => Some(Ok(e)),
+                    RecvItem::Bytes(v) => {
+                        // Bytes a dropped copy handed back live in a plain
+                        // buffer, not a ring one: they are for `read`.
+                        l.items.push_front(RecvItem::Bytes(v));
+                        self.done = true;
+                        Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "bytes handed back by a dropped net::copy_bidirectional wait \
+                             on this socket: take them with read() or readv() first",
+                        )))
+                    }
                     RecvItem::Eof => {
                         // Sticky, as on a socket: later reads see it too.
                         l.items.push_front(RecvItem::Eof);

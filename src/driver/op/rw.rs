@@ -109,7 +109,7 @@ pub(super) unsafe fn raw_recv(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
 ///
 /// # Safety
 /// `ptr..ptr+len` must be readable memory owned by the caller.
-unsafe fn raw_send(fd: RawFd, ptr: *const u8, len: usize) -> isize {
+pub(super) unsafe fn raw_send(fd: RawFd, ptr: *const u8, len: usize) -> isize {
     // SAFETY: sendto with a null address is send; the caller vouches for
     // the buffer.
     unsafe {

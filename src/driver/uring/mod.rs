@@ -53,6 +53,7 @@ pub(crate) use probe::SetupError;
 
 use super::Stats;
 use super::bufring::{BufGroup, RecvLate};
+use super::op::LateHook;
 
 pub(crate) const WAKE_KEY: u64 = u64::MAX;
 pub(crate) const CANCEL_KEY: u64 = u64::MAX - 1;
@@ -68,9 +69,10 @@ enum Slot {
         cancelled: bool,
     },
     Done(i32, u32),
-    /// Dropped in flight (always cancelled); the hook is given a
-    /// successful result (to close a descriptor nobody will take).
-    Abandoned(Box<dyn Any>, fn(i32)),
+    /// Dropped in flight (always cancelled); the hook is given the data
+    /// and the result (to close a descriptor nobody will take, or to note
+    /// what the kernel did after the drop).
+    Abandoned(Box<dyn Any>, LateHook),
     Multi {
         queue: VecDeque<(i32, u32)>,
         waker: Option<Waker>,
@@ -92,6 +94,9 @@ pub(crate) enum LateResults {
     /// They are received bytes in provided buffers: keep them, in order,
     /// for the socket's next read (see [`RecvLate`]).
     Recv(RecvLate),
+    /// Nothing to keep: the op's data (a zero-copy send's buffer) only
+    /// has to outlive its last CQE.
+    Ignore,
 }
 
 /// Accepted connections that a dropped multishot accept took from the
@@ -114,6 +119,7 @@ impl LateResults {
                 b.borrow_mut().push_back(fd);
             }
             LateResults::Recv(r) => woken.extend(r.take(res, flags)),
+            LateResults::Ignore => {}
         }
     }
 }
@@ -467,15 +473,13 @@ impl Uring {
     /// CQE, and ask the kernel to cancel it (once). An op the kernel has
     /// not seen yet is simply forgotten. `discard` gets a successful result
     /// nobody will take (an accepted or opened fd, to close).
-    pub(crate) fn abandon(&mut self, key: usize, data: Box<dyn Any>, discard: fn(i32)) {
+    pub(crate) fn abandon(&mut self, key: usize, mut data: Box<dyn Any>, discard: LateHook) {
         let unsubmitted = self.unqueue(key);
         match self.slots.get(key) {
             Some(Slot::Done(res, _)) => {
                 let res = *res;
                 self.slots.remove(key);
-                if res >= 0 {
-                    discard(res);
-                }
+                discard(&mut *data, res);
                 self.garbage.push(data);
             }
             Some(Slot::Waiting { .. }) if unsubmitted => {
@@ -712,10 +716,8 @@ impl Uring {
                 }
                 Slot::Abandoned(..) => {
                     self.cancelling -= 1;
-                    if let Slot::Abandoned(d, discard) = self.slots.remove(key) {
-                        if res >= 0 {
-                            discard(res);
-                        }
+                    if let Slot::Abandoned(mut d, discard) = self.slots.remove(key) {
+                        discard(&mut *d, res);
                         self.garbage.push(d);
                     }
                 }

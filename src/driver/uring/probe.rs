@@ -74,6 +74,7 @@ pub(crate) const OPTIONAL: &[Opcode] = &[
     op(opcode::Accept::CODE, "ACCEPT", "AcceptMulti"),
     op(opcode::Socket::CODE, "SOCKET", "Socket"),
     op(opcode::SendZc::CODE, "SEND_ZC", "SendZc"),
+    op(opcode::Splice::CODE, "SPLICE", "Splice"),
     op(opcode::MsgRingData::CODE, "MSG_RING", "MsgRingData"),
     op(opcode::WaitId::CODE, "WAITID", "WaitId"),
     op(opcode::Ftruncate::CODE, "FTRUNCATE", "Ftruncate"),
@@ -330,6 +331,7 @@ impl Uring {
             recv_multishot,
             buf_ring,
             send_zc: six_zero,
+            splice: optional("SPLICE"),
             msg_ring: optional("MSG_RING"),
             waitid: optional("WAITID"),
             ftruncate: optional("FTRUNCATE"),
@@ -372,6 +374,7 @@ mod tests {
         ("op/rw.rs", include_str!("../op/rw.rs")),
         ("op/signal.rs", include_str!("../op/signal.rs")),
         ("op/sock.rs", include_str!("../op/sock.rs")),
+        ("op/splice.rs", include_str!("../op/splice.rs")),
         ("op/unix.rs", include_str!("../op/unix.rs")),
         ("uring/mod.rs", include_str!("mod.rs")),
     ];
