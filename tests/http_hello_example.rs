@@ -5,35 +5,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("examples").join(name);
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
-    let built = std::fs::metadata(&p).and_then(|m| m.modified());
-    let edited = std::fs::metadata(&src).and_then(|m| m.modified()).unwrap();
-    match built {
-        Ok(t) if t >= edited => p,
-        _ => panic!(
-            "{} is missing or older than its source: plain `cargo test` builds the \
-             examples (a `--test` filter does not; run `cargo build --examples`)",
-            p.display()
-        ),
-    }
-}
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
@@ -48,14 +21,14 @@ fn read_exactly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
 fn http_hello_answers_pipelined_requests_in_order_on_both_backends() {
     for b in common::backends() {
         let backend = b.to_string();
-        let mut child = Command::new(example("http_hello"))
+        let mut child = Command::new(common::example("http_hello"))
             .args(["127.0.0.1:0", "--cores", "2", "--backend", &backend])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut g = Guard(child);
+        let mut g = common::ChildGuard(child);
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         let addr = line
@@ -85,7 +58,7 @@ fn http_hello_answers_pipelined_requests_in_order_on_both_backends() {
         assert_eq!(rest, RESPONSE);
 
         // loadgen speaks HTTP to it.
-        let lg = Command::new(example("loadgen"))
+        let lg = Command::new(common::example("loadgen"))
             .args(["http", &addr, "--conns", "4", "--secs", "0.3"])
             .output()
             .unwrap();

@@ -3,30 +3,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("examples").join("line_echo");
-    assert!(
-        p.exists(),
-        "{} is missing: plain `cargo test` builds the examples",
-        p.display()
-    );
-    p
-}
 
 const CLIENT: &str = r#"
 import asyncio, sys
@@ -54,12 +32,12 @@ asyncio.run(main(int(sys.argv[1])))
 "#;
 
 fn run(backend: &str) {
-    let child = Command::new(example())
+    let child = Command::new(common::example("line_echo"))
         .args(["127.0.0.1:0", backend])
         .stdout(Stdio::piped())
         .spawn()
         .expect("start line_echo");
-    let mut g = Guard(child);
+    let mut g = common::ChildGuard(child);
     let mut out = BufReader::new(g.0.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

@@ -6,34 +6,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("examples").join(name);
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
-    let built = std::fs::metadata(&p).and_then(|m| m.modified());
-    let edited = std::fs::metadata(&src).and_then(|m| m.modified()).unwrap();
-    match built {
-        Ok(t) if t >= edited => p,
-        _ => panic!(
-            "{} is missing or older than its source: plain `cargo test` builds the \
-             examples (a `--test` filter does not; run `cargo build --examples`)",
-            p.display()
-        ),
-    }
-}
+use std::process::{Command, Stdio};
 
 const PY_ECHO: &str = r#"
 import asyncio
@@ -54,14 +27,14 @@ asyncio.run(main())
 
 /// Starts a server that prints `listening on HOST:PORT`; returns it and
 /// the port.
-fn start(mut cmd: Command) -> (Guard, u16) {
+fn start(mut cmd: Command) -> (common::ChildGuard, u16) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let g = Guard(child);
+    let g = common::ChildGuard(child);
     let mut line = String::new();
     loop {
         line.clear();
@@ -78,7 +51,7 @@ fn start(mut cmd: Command) -> (Guard, u16) {
 
 /// Runs loadgen against `port` with the server's PID; checks its line.
 fn drive(port: u16, pid: u32, what: &str, extra: &[&str]) {
-    let out = Command::new(example("loadgen"))
+    let out = Command::new(common::example("loadgen"))
         .args(["echo", &format!("127.0.0.1:{port}")])
         .args(["--conns", "4", "--size", "512", "--secs", "0.5"])
         .args(["--server-pid", &pid.to_string()])
@@ -120,7 +93,7 @@ fn drive(port: u16, pid: u32, what: &str, extra: &[&str]) {
 #[test]
 fn loadgen_drives_the_crate_echo_server_on_both_backends() {
     for b in common::backends() {
-        let mut cmd = Command::new(example("echo_server"));
+        let mut cmd = Command::new(common::example("echo_server"));
         cmd.args(["127.0.0.1:0", "--backend", &b.to_string()]);
         let (g, port) = start(cmd);
         drive(port, g.0.id(), &format!("echo_server/{b}"), &[]);

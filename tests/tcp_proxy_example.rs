@@ -6,36 +6,8 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Kills and reaps the child on drop, whatever happened.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join("examples").join(name);
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
-    let built = std::fs::metadata(&p).and_then(|m| m.modified());
-    let edited = std::fs::metadata(&src).and_then(|m| m.modified()).unwrap();
-    match built {
-        Ok(t) if t >= edited => p,
-        _ => panic!(
-            "{} is missing or older than its source: plain `cargo test` builds the \
-             examples (a `--test` filter does not; run `cargo build --examples`)",
-            p.display()
-        ),
-    }
-}
 
 const ECHO: &str = r#"
 import asyncio, sys
@@ -84,14 +56,14 @@ fn start<T>(
     mut cmd: Command,
     what: &str,
     mut pick: impl FnMut(&str) -> Option<T>,
-) -> (Guard, T, BufReader<std::process::ChildStdout>) {
+) -> (common::ChildGuard, T, BufReader<std::process::ChildStdout>) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("start {what}: {e}"));
     let mut out = BufReader::new(child.stdout.take().unwrap());
-    let g = Guard(child);
+    let g = common::ChildGuard(child);
     let mut line = String::new();
     loop {
         line.clear();
@@ -102,8 +74,15 @@ fn start<T>(
     }
 }
 
-fn proxy(backend: &str, upstream: u16) -> (Guard, u16, BufReader<std::process::ChildStdout>) {
-    let mut cmd = Command::new(example("tcp_proxy"));
+fn proxy(
+    backend: &str,
+    upstream: u16,
+) -> (
+    common::ChildGuard,
+    u16,
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut cmd = Command::new(common::example("tcp_proxy"));
     cmd.args([
         "127.0.0.1:0",
         &format!("127.0.0.1:{upstream}"),
@@ -121,7 +100,7 @@ fn proxy(backend: &str, upstream: u16) -> (Guard, u16, BufReader<std::process::C
     })
 }
 
-fn stop(mut g: Guard, backend: &str) -> String {
+fn stop(mut g: common::ChildGuard, backend: &str) -> String {
     let pid = nix::unistd::Pid::from_raw(g.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);

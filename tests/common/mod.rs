@@ -213,3 +213,34 @@ pub fn pattern(n: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A child process killed and reaped on drop, whatever happened (for tests
+/// that run an example as its own process).
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The example binary `name`, as plain `cargo test` builds it next to the
+/// test binaries; panics if it is missing or older than its source.
+pub fn example(name: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("examples").join(name);
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
+    let built = std::fs::metadata(&p).and_then(|m| m.modified());
+    let edited = std::fs::metadata(&src).and_then(|m| m.modified()).unwrap();
+    match built {
+        Ok(t) if t >= edited => p,
+        _ => panic!(
+            "{} is missing or older than its source: plain `cargo test` builds the \
+             examples (a `--test` filter does not; run `cargo build --examples`)",
+            p.display()
+        ),
+    }
+}
