@@ -475,7 +475,10 @@ impl StreamReader {
     }
 
     /// A stream of lines (each with its `\n`; the last may lack it), ending
-    /// at end of stream; asyncio's `async for line in reader`.
+    /// at end of stream; asyncio's `async for line in reader`. A line over
+    /// the limit is an `InvalidData` item ([`LimitOverrunError`]) with the
+    /// data left in the buffer: skip it with `read(consumed)` and poll
+    /// again, or stop; any other error ends the stream.
     pub fn lines(&mut self) -> Lines<'_> {
         Lines {
             reader: self,
