@@ -1,0 +1,761 @@
+//! TCP proxy benchmark: uringio `net::copy_bidirectional` on io_uring and
+//! on epoll against tokio `current_thread` with
+//! `tokio::io::copy_bidirectional`, same workload, same run.
+//!
+//! Each proxy is the `examples/tcp_proxy` logic on one core: a thread
+//! pinned to CPU 0 running one loop with a listener; every accepted
+//! connection gets a new connection to the echo backend and the two are
+//! relayed with `copy_bidirectional` until both end. Every socket gets
+//! `TCP_NODELAY`, on every proxy. The proxies run in this process, as
+//! threads, so their CPU is the proxy thread's own clock
+//! (`pthread_getcpuclockid`), read at the edges of the measured window,
+//! plus the clocks of the io-wq workers its ring started (`iou-wrk-TID`
+//! threads, pinned to CPU 0 like their owner): an io_uring `SPLICE` runs
+//! there, not on the proxy thread (shown apart as "of it io-wq").
+//!
+//! Behind the proxy: one echo backend thread (a uringio io_uring loop, the
+//! raw owned-buffer `read` + `write_all` echo of `benches/echo.rs`, 64 KiB
+//! buffer) pinned to CPU 1. In front of it: one load client thread (a
+//! uringio io_uring loop, the client of `benches/echo.rs`), also pinned to
+//! CPU 1, with 64 connections each sending a message and waiting for the
+//! whole echo before sending the next (ping-pong). Both the backend and
+//! the client are the same for every proxy.
+//!
+//! Contenders:
+//! - `uring`: uringio on io_uring, `CopyMode::Auto` (there: owned 64 KiB
+//!   buffers, `Buffered`);
+//! - `epoll`: uringio on epoll, `CopyMode::Auto` (there: `Splice` through
+//!   a pipe per direction);
+//! - `tokio`: tokio `current_thread`, `tokio::io::copy_bidirectional`
+//!   (its default 8 KiB buffers), the way tokio users write a proxy;
+//! - extra rows (`PROXY_EXTRAS=0` to skip): `epoll-buffered` (epoll with
+//!   `CopyMode::Buffered`) at every size, and at 64 KiB and more
+//!   `uring-splice` (io_uring with `CopyMode::Splice`) and
+//!   `tokio-64k` (`tokio::io::copy_bidirectional_with_sizes` with 64 KiB
+//!   buffers, the same buffer size as uringio's).
+//!
+//! Reported per contender: messages per second (a message is one
+//! ping-pong: `size` bytes through the proxy each way), the proxy thread's
+//! CPU time per message, the load side's (client + backend, CPU 1) CPU
+//! time per message, and the first two as ratios to `tokio`. Contenders
+//! run round-robin (the first one rotates each round); the table gives
+//! medians, and the ratios are medians of per-round ratios (each round's
+//! contenders ran back to back, under the same machine conditions).
+//!
+//! Environment:
+//! - `PROXY_SECS`   seconds measured per run (default 4)
+//! - `PROXY_WARMUP` seconds of warm-up per run, not measured (default 1)
+//! - `PROXY_ROUNDS` rounds of all contenders (default 5)
+//! - `PROXY_SIZES`  message sizes in bytes, comma-separated
+//!   (default `1024,65536`)
+//! - `PROXY_CONNS`  connections (default 64)
+//! - `PROXY_ONLY`   comma-separated subset of
+//!   `uring,epoll,tokio,epoll-buffered,uring-splice,tokio-64k`
+//! - `PROXY_EXTRAS` `0` to skip the extra rows
+//! - `PROXY_QUIET_WAIT` seconds to wait before each run for other
+//!   processes to use under 0.1 CPU (default 5; 0 to not wait). Runs that
+//!   still saw other load are counted in a warning under the table.
+//!
+//! ```text
+//! cargo bench --bench proxy
+//! PROXY_ROUNDS=3 PROXY_SIZES=65536 PROXY_ONLY=uring,uring-splice,tokio cargo bench --bench proxy
+//! ```
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::unistd::Pid;
+use uringio::net::CopyMode;
+use uringio::{Backend, Runner};
+
+const PROXY_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+/// Read buffer of the echo backend, per connection.
+const BACKEND_BUF: usize = 64 * 1024;
+/// Extra rows run at this message size and above.
+const EXTRAS_FROM: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Proxy {
+    Uring,
+    Epoll,
+    Tokio,
+    /// Extra row: io_uring with `CopyMode::Splice`.
+    UringSplice,
+    /// Extra row: epoll with `CopyMode::Buffered`.
+    EpollBuffered,
+    /// Extra row: tokio with 64 KiB buffers.
+    Tokio64k,
+}
+
+impl Proxy {
+    const MAIN: [Proxy; 3] = [Proxy::Uring, Proxy::Epoll, Proxy::Tokio];
+    /// Extra rows at every size.
+    const EXTRA: [Proxy; 1] = [Proxy::EpollBuffered];
+    /// Extra rows at `EXTRAS_FROM` and above.
+    const EXTRA_LARGE: [Proxy; 2] = [Proxy::UringSplice, Proxy::Tokio64k];
+
+    fn name(self) -> &'static str {
+        match self {
+            Proxy::Uring => "uringio io_uring (Auto = Buffered)",
+            Proxy::Epoll => "uringio epoll (Auto = Splice)",
+            Proxy::Tokio => "tokio current_thread (8 KiB)",
+            Proxy::UringSplice => "uringio io_uring Splice",
+            Proxy::EpollBuffered => "uringio epoll Buffered",
+            Proxy::Tokio64k => "tokio current_thread, 64 KiB bufs",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Proxy::Uring => "uring",
+            Proxy::Epoll => "epoll",
+            Proxy::Tokio => "tokio",
+            Proxy::UringSplice => "uring-splice",
+            Proxy::EpollBuffered => "epoll-buffered",
+            Proxy::Tokio64k => "tokio-64k",
+        }
+    }
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
+        eprintln!("proxy bench: cannot pin to CPU {cpu}: {e} (results will be noisier)");
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+/// CPU time consumed so far by a thread of this process.
+fn thread_cpu(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id from pthread_getcpuclockid and a valid timespec.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime on a thread's CPU clock");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The CPU clock of any thread of this process by its id, for threads
+/// that are not pthreads (io_uring's io-wq workers): the kernel's
+/// `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`.
+fn tid_clock(tid: i32) -> libc::clockid_t {
+    (!tid << 3) | 4 | 2
+}
+
+/// CPU time of the io-wq workers (`iou-wrk-TID`) that thread `tid`'s
+/// rings have started, by worker. io_uring runs an op it cannot complete
+/// inline or by polling (a `SPLICE`, notably) on such a worker, pinned
+/// like the thread that owns the ring: that CPU is the owner's work, but
+/// not on the owner's clock.
+fn workers_cpu(tid: i32) -> Vec<(i32, Duration)> {
+    let name = format!("iou-wrk-{tid}");
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let wtid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        if comm.trim_end() != name {
+            return None;
+        }
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec; a worker that exited makes this fail.
+        let r = unsafe { libc::clock_gettime(tid_clock(wtid), &mut ts) };
+        (r == 0).then(|| (wtid, Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)))
+    })
+    .collect()
+}
+
+/// A thread's CPU so far: its own clock, and its io-wq workers' clocks.
+struct CpuSnap {
+    own: Duration,
+    workers: Vec<(i32, Duration)>,
+}
+
+fn cpu_snap(clock: libc::clockid_t, tid: i32) -> CpuSnap {
+    CpuSnap {
+        own: thread_cpu(clock),
+        workers: workers_cpu(tid),
+    }
+}
+
+/// CPU used between two snapshots: `(own, io-wq workers)`. A worker
+/// started during the window counts from zero; one that exited during it
+/// is lost (io-wq workers live on while busy, so this is small).
+fn cpu_used(a: &CpuSnap, b: &CpuSnap) -> (Duration, Duration) {
+    let workers = b
+        .workers
+        .iter()
+        .map(|&(w, t)| {
+            let t0 = a
+                .workers
+                .iter()
+                .find(|&&(w0, _)| w0 == w)
+                .map_or(Duration::ZERO, |&(_, t0)| t0);
+            t.saturating_sub(t0)
+        })
+        .sum();
+    (b.own - a.own, workers)
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The CPU clock of a running thread of this process.
+fn clock_of<T>(thread: &std::thread::JoinHandle<T>) -> libc::clockid_t {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the thread is alive (waiting in its loop) and joinable.
+    let r = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+    assert_eq!(r, 0, "pthread_getcpuclockid");
+    clock
+}
+
+/// CPU time (ticks) used by the whole machine and by this process, from
+/// `/proc`: the difference tells whether something else ran during a
+/// measurement (on a shared 2-core machine that skews throughput badly).
+fn machine_and_self_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = cpu.iter().take(8).sum::<u64>()
+        - cpu.get(3).copied().unwrap_or(0)
+        - cpu.get(4).copied().unwrap_or(0);
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields overall.
+    let after = me.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    (busy, mine)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Waits (up to `limit`) until other processes use less than 0.1 CPU over
+/// half a second.
+fn wait_for_quiet(limit: Duration) {
+    if limit.is_zero() {
+        return;
+    }
+    let t0 = Instant::now();
+    loop {
+        let (m0, s0) = machine_and_self_ticks();
+        std::thread::sleep(Duration::from_millis(500));
+        let (m1, s1) = machine_and_self_ticks();
+        let others = (m1 - m0).saturating_sub(s1 - s0) as f64 / ticks_per_sec() / 0.5;
+        if others < 0.1 || t0.elapsed() >= limit {
+            return;
+        }
+    }
+}
+
+type Ready = mpsc::Sender<(SocketAddr, Box<dyn FnOnce() + Send>)>;
+
+/// A loop running on its own pinned thread: a proxy, or the backend.
+struct Running {
+    addr: SocketAddr,
+    clock: libc::clockid_t,
+    tid: i32,
+    stop: Box<dyn FnOnce()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    fn shutdown(self) {
+        (self.stop)();
+        self.thread
+            .join()
+            .expect("proxy or backend thread panicked");
+    }
+}
+
+fn start_on(cpu: usize, name: String, body: impl FnOnce(Ready) + Send + 'static) -> Running {
+    let (tx, rx) = mpsc::channel();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            pin_to(cpu);
+            tid_tx.send(gettid()).expect("main thread gone");
+            body(tx)
+        })
+        .expect("spawn thread");
+    let tid = tid_rx.recv().expect("thread failed to start");
+    let (addr, stop) = rx.recv().expect("proxy or backend failed to start");
+    let clock = clock_of(&thread);
+    Running {
+        addr,
+        clock,
+        tid,
+        stop,
+        thread,
+    }
+}
+
+fn start_proxy(kind: Proxy, upstream: SocketAddr) -> Running {
+    start_on(
+        PROXY_CPU,
+        format!("proxy-{}", kind.key()),
+        move |ready| match kind {
+            Proxy::Uring => uringio_proxy(Backend::IoUring, CopyMode::Auto, upstream, ready),
+            Proxy::Epoll => uringio_proxy(Backend::Epoll, CopyMode::Auto, upstream, ready),
+            Proxy::UringSplice => {
+                uringio_proxy(Backend::IoUring, CopyMode::Splice, upstream, ready)
+            }
+            Proxy::EpollBuffered => {
+                uringio_proxy(Backend::Epoll, CopyMode::Buffered, upstream, ready)
+            }
+            Proxy::Tokio => tokio_proxy(None, upstream, ready),
+            Proxy::Tokio64k => tokio_proxy(Some(64 * 1024), upstream, ready),
+        },
+    )
+}
+
+/// The `examples/tcp_proxy` relay on one core: accept, connect to the
+/// upstream, `copy_bidirectional` until both directions end.
+fn uringio_proxy(backend: Backend, mode: CopyMode, upstream: SocketAddr, ready: Ready) {
+    let mut rt = Runner::builder()
+        .backend(backend)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a uringio loop on {backend}: {e}"));
+    assert_eq!(rt.backend(), backend);
+    let handle = rt.handle();
+    rt.run(async move {
+        let listener = uringio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        uringio::spawn(async move {
+            let mut incoming = listener.incoming();
+            while let Some(conn) = incoming.next().await {
+                let Ok(client) = conn else { continue };
+                uringio::spawn(async move {
+                    let Ok(up) = uringio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    client.set_nodelay(true).expect("TCP_NODELAY");
+                    up.set_nodelay(true).expect("TCP_NODELAY");
+                    let _ = uringio::net::copy_bidirectional(&client, &up)
+                        .mode(mode)
+                        .await;
+                })
+                .detach();
+            }
+        })
+        .detach();
+        let stop = move || handle.stop();
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+    });
+    rt.run_forever();
+}
+
+/// A tokio `current_thread` proxy: accept, connect, `copy_bidirectional`
+/// (or `copy_bidirectional_with_sizes` when `buf` is given).
+fn tokio_proxy(buf: Option<usize>, upstream: SocketAddr, ready: Ready) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local_addr");
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = move || {
+            let _ = stop_tx.send(());
+        };
+        ready
+            .send((addr, Box::new(stop)))
+            .expect("main thread gone");
+        loop {
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                conn = listener.accept() => {
+                    let Ok((mut client, _)) = conn else { continue };
+                    tokio::spawn(async move {
+                        let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        client.set_nodelay(true).expect("TCP_NODELAY");
+                        up.set_nodelay(true).expect("TCP_NODELAY");
+                        let _ = match buf {
+                            None => tokio::io::copy_bidirectional(&mut client, &mut up).await,
+                            Some(n) => {
+                                tokio::io::copy_bidirectional_with_sizes(
+                                    &mut client, &mut up, n, n,
+                                )
+                                .await
+                            }
+                        };
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// The echo backend: a uringio io_uring loop, owned-buffer `read` +
+/// `write_all` per connection (the `uring` server of `benches/echo.rs`).
+fn start_backend() -> Running {
+    start_on(LOAD_CPU, "echo-backend".into(), |ready| {
+        let mut rt = Runner::builder()
+            .backend(Backend::IoUring)
+            .build()
+            .expect("the echo backend needs io_uring");
+        let handle = rt.handle();
+        rt.run(async move {
+            let listener = uringio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("local_addr");
+            uringio::spawn(async move {
+                let mut incoming = listener.incoming();
+                while let Some(conn) = incoming.next().await {
+                    let Ok(s) = conn else { continue };
+                    s.set_nodelay(true).expect("TCP_NODELAY");
+                    uringio::spawn(async move {
+                        let mut buf = Vec::with_capacity(BACKEND_BUF);
+                        loop {
+                            buf.clear();
+                            let (res, b) = s.read(buf).await;
+                            buf = b;
+                            match res {
+                                Ok(n) if n > 0 => {}
+                                _ => return,
+                            }
+                            let (res, b) = s.write_all(buf).await;
+                            buf = b;
+                            if res.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .detach();
+                }
+            })
+            .detach();
+            let stop = move || handle.stop();
+            ready
+                .send((addr, Box::new(stop)))
+                .expect("main thread gone");
+        });
+        rt.run_forever();
+    })
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    msgs_per_sec: f64,
+    /// The proxy's CPU time per message: its thread and its io-wq
+    /// workers.
+    proxy_ns_per_msg: f64,
+    /// Of which io-wq workers.
+    iowq_ns_per_msg: f64,
+    /// The load side's (client and backend threads, CPU 1) CPU time per
+    /// message.
+    load_ns_per_msg: f64,
+    /// CPU used by other processes during the window, in CPUs (0.0–2.0).
+    others: f64,
+}
+
+struct Settings {
+    secs: f64,
+    warmup: f64,
+    conns: usize,
+    quiet_wait: Duration,
+}
+
+/// Drives `proxy` with the ping-pong load for one run, from the client
+/// loop (on this thread, pinned to CPU 1).
+fn run_load(
+    client: &mut Runner,
+    proxy: &Running,
+    backend: &Running,
+    size: usize,
+    s: &Settings,
+) -> Sample {
+    let addr = proxy.addr;
+    let (proxy_clock, proxy_tid) = (proxy.clock, proxy.tid);
+    let (backend_clock, backend_tid) = (backend.clock, backend.tid);
+    let me = (libc::CLOCK_THREAD_CPUTIME_ID, gettid());
+    client.run(async move {
+        let count = Rc::new(Cell::new(0u64));
+        let stop = Rc::new(Cell::new(false));
+        let mut streams = Vec::with_capacity(s.conns);
+        for _ in 0..s.conns {
+            let c = uringio::net::TcpStream::connect(addr)
+                .await
+                .expect("connect to the proxy");
+            c.set_nodelay(true).expect("TCP_NODELAY");
+            streams.push(c);
+        }
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .map(|c| {
+                let count = count.clone();
+                let stop = stop.clone();
+                uringio::spawn(async move {
+                    let mut out = vec![0xA5u8; size];
+                    let mut back = Vec::with_capacity(size);
+                    while !stop.get() {
+                        let (res, b) = c.write_all(out).await;
+                        out = b;
+                        res.expect("client write");
+                        back.clear();
+                        while back.len() < size {
+                            let (res, b) = c.read(back).await;
+                            back = b;
+                            match res {
+                                Ok(0) => panic!("the proxy closed the connection"),
+                                Ok(_) => {}
+                                Err(e) => panic!("client read: {e}"),
+                            }
+                        }
+                        count.set(count.get() + 1);
+                    }
+                })
+            })
+            .collect();
+
+        uringio::sleep(Duration::from_secs_f64(s.warmup)).await;
+        let (m0, s0) = machine_and_self_ticks();
+        let (n0, p0, c0, b0, t0) = (
+            count.get(),
+            cpu_snap(proxy_clock, proxy_tid),
+            cpu_snap(me.0, me.1),
+            cpu_snap(backend_clock, backend_tid),
+            Instant::now(),
+        );
+        uringio::sleep(Duration::from_secs_f64(s.secs)).await;
+        let (n1, p1, c1, b1, t1) = (
+            count.get(),
+            cpu_snap(proxy_clock, proxy_tid),
+            cpu_snap(me.0, me.1),
+            cpu_snap(backend_clock, backend_tid),
+            Instant::now(),
+        );
+        let (m1, s1) = machine_and_self_ticks();
+        stop.set(true);
+        for t in tasks {
+            t.await.expect("client task");
+        }
+        let msgs = ((n1 - n0) as f64).max(1.0);
+        let secs = (t1 - t0).as_secs_f64();
+        let (proxy_own, proxy_wq) = cpu_used(&p0, &p1);
+        let load = {
+            let (c, cw) = cpu_used(&c0, &c1);
+            let (b, bw) = cpu_used(&b0, &b1);
+            c + cw + b + bw
+        };
+        Sample {
+            msgs_per_sec: msgs / secs,
+            proxy_ns_per_msg: (proxy_own + proxy_wq).as_nanos() as f64 / msgs,
+            iowq_ns_per_msg: proxy_wq.as_nanos() as f64 / msgs,
+            load_ns_per_msg: load.as_nanos() as f64 / msgs,
+            others: (m1 - m0).saturating_sub(s1 - s0) as f64 / ticks_per_sec() / secs,
+        }
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let settings = Settings {
+        secs: env_num("PROXY_SECS", 4.0),
+        warmup: env_num("PROXY_WARMUP", 1.0),
+        conns: env_num("PROXY_CONNS", 64usize),
+        quiet_wait: Duration::from_secs_f64(env_num("PROXY_QUIET_WAIT", 5.0)),
+    };
+    let rounds: usize = env_num("PROXY_ROUNDS", 5usize).max(1);
+    let sizes: Vec<usize> = std::env::var("PROXY_SIZES")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .expect("PROXY_SIZES: comma-separated byte counts")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1024, 64 * 1024]);
+    let extras = env_num("PROXY_EXTRAS", 1u32) != 0;
+    let only = std::env::var("PROXY_ONLY")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let chosen = |p: &Proxy| {
+        only.as_ref()
+            .is_none_or(|v| v.split(',').any(|k| k.trim() == p.key()))
+    };
+
+    pin_to(LOAD_CPU);
+    let backend = start_backend();
+    let mut client = Runner::builder()
+        .backend(Backend::IoUring)
+        .build()
+        .expect("the load client needs io_uring");
+    println!(
+        "proxy: {} connections, ping-pong, {}s measured (+{}s warm-up) per run, {} round(s); \
+         proxy on CPU {PROXY_CPU}; uringio io_uring client and echo backend on CPU {LOAD_CPU}",
+        settings.conns, settings.secs, settings.warmup, rounds
+    );
+
+    for &size in &sizes {
+        let mut proxies: Vec<Proxy> = Proxy::MAIN.into_iter().filter(chosen).collect();
+        if extras {
+            proxies.extend(Proxy::EXTRA.into_iter().filter(chosen));
+            if size >= EXTRAS_FROM {
+                proxies.extend(Proxy::EXTRA_LARGE.into_iter().filter(chosen));
+            }
+        }
+        measure(&mut client, &proxies, &backend, size, rounds, &settings);
+    }
+    backend.shutdown();
+}
+
+/// Runs every proxy `rounds` times at one message size and prints the
+/// table.
+fn measure(
+    client: &mut Runner,
+    proxies: &[Proxy],
+    backend: &Running,
+    size: usize,
+    rounds: usize,
+    settings: &Settings,
+) {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
+    let mut busy_runs = 0;
+    for round in 0..rounds {
+        // Rotate the starting proxy each round so none always goes first.
+        for i in 0..proxies.len() {
+            let idx = (i + round) % proxies.len();
+            let kind = proxies[idx];
+            wait_for_quiet(settings.quiet_wait);
+            let proxy = start_proxy(kind, backend.addr);
+            let s = run_load(client, &proxy, backend, size, settings);
+            proxy.shutdown();
+            eprintln!(
+                "  {size:>6} B  round {}  {:<34} {:>9.0} msgs/s  proxy {:>7.0} ns/msg \
+                 (io-wq {:>6.0})  load {:>7.0} ns/msg  other processes {:.2} CPUs",
+                round + 1,
+                kind.name(),
+                s.msgs_per_sec,
+                s.proxy_ns_per_msg,
+                s.iowq_ns_per_msg,
+                s.load_ns_per_msg,
+                s.others
+            );
+            if s.others > 0.1 {
+                busy_runs += 1;
+            }
+            samples[idx].push(s);
+        }
+    }
+    let tokio = proxies.iter().position(|&p| p == Proxy::Tokio);
+    println!();
+    println!(
+        "message size {size} B through the proxy and back, {} connections \
+         (medians of {rounds}; ratios: medians of per-round ratios)",
+        settings.conns
+    );
+    println!(
+        "| {:<34} | {:>9} | {:>16} | {:>12} | {:>14} | {:>11} | {:>15} |",
+        "proxy",
+        "msgs/s",
+        "proxy CPU ns/msg",
+        "of it io-wq",
+        "msgs/s ÷ tokio",
+        "CPU ÷ tokio",
+        "load CPU ns/msg"
+    );
+    println!(
+        "|{:-<36}|{:->11}|{:->18}|{:->14}|{:->16}|{:->13}|{:->17}|",
+        "", "", "", "", "", "", ""
+    );
+    for (i, kind) in proxies.iter().enumerate() {
+        let med = |f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        let ratio = |f: fn(&Sample) -> f64| match tokio {
+            Some(t) => format!(
+                "{:.2}",
+                median(
+                    samples[i]
+                        .iter()
+                        .zip(&samples[t])
+                        .map(|(a, b)| f(a) / f(b))
+                        .collect()
+                )
+            ),
+            None => "-".into(),
+        };
+        println!(
+            "| {:<34} | {:>9.0} | {:>16.0} | {:>12.0} | {:>14} | {:>11} | {:>15.0} |",
+            kind.name(),
+            med(|s| s.msgs_per_sec),
+            med(|s| s.proxy_ns_per_msg),
+            med(|s| s.iowq_ns_per_msg),
+            ratio(|s| s.msgs_per_sec),
+            ratio(|s| s.proxy_ns_per_msg),
+            med(|s| s.load_ns_per_msg),
+        );
+    }
+    if busy_runs > 0 {
+        println!(
+            "warning: other processes used more than 0.1 CPU during {busy_runs} of {} run(s): \
+             throughput is skewed there (CPU per message much less so)",
+            rounds * proxies.len()
+        );
+    }
+    println!();
+}
