@@ -24,6 +24,9 @@
 //! cargo bench --bench lines
 //! ```
 
+mod common;
+use common::*;
+
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::unix::thread::JoinHandleExt;
@@ -31,8 +34,6 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sched::{CpuSet, sched_setaffinity};
-use nix::unistd::Pid;
 use uringio::{Backend, Runner};
 
 const SERVER_CPU: usize = 0;
@@ -64,35 +65,6 @@ impl Server {
             Server::Tokio => "tokio",
         }
     }
-}
-
-fn pin_to(cpu: usize) {
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
-        eprintln!("lines bench: cannot pin to CPU {cpu}: {e}");
-    }
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        _ => default,
-    }
-}
-
-fn thread_cpu(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id from pthread_getcpuclockid and a valid timespec.
-    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 type Ready = mpsc::Sender<(SocketAddr, Box<dyn FnOnce() + Send>)>;
@@ -324,19 +296,6 @@ fn load(
             cpu_ns: (c1 - c0).as_nanos() as f64 / n.max(1.0),
         }
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {

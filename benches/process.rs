@@ -17,22 +17,15 @@
 //! cargo bench --bench process
 //! ```
 
+mod common;
+use common::*;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 use uringio::{Backend, Runner};
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        _ => default,
-    }
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Who {
@@ -176,16 +169,6 @@ fn tokio_run(w: Work) -> Duration {
         }
         t0.elapsed()
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {

@@ -61,6 +61,9 @@
 //! PROXY_ROUNDS=3 PROXY_SIZES=65536 PROXY_ONLY=uring,uring-splice,tokio cargo bench --bench proxy
 //! ```
 
+mod common;
+use common::*;
+
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::unix::thread::JoinHandleExt;
@@ -69,8 +72,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use nix::sched::{CpuSet, sched_setaffinity};
-use nix::unistd::Pid;
 use uringio::net::CopyMode;
 use uringio::{Backend, Runner};
 
@@ -122,36 +123,6 @@ impl Proxy {
             Proxy::Tokio64k => "tokio-64k",
         }
     }
-}
-
-fn pin_to(cpu: usize) {
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
-        eprintln!("proxy bench: cannot pin to CPU {cpu}: {e} (results will be noisier)");
-    }
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        _ => default,
-    }
-}
-
-/// CPU time consumed so far by a thread of this process.
-fn thread_cpu(clock: libc::clockid_t) -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid clock id from pthread_getcpuclockid and a valid timespec.
-    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime on a thread's CPU clock");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// The CPU clock of any thread of this process by its id, for threads
@@ -233,59 +204,6 @@ fn clock_of<T>(thread: &std::thread::JoinHandle<T>) -> libc::clockid_t {
     let r = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
     assert_eq!(r, 0, "pthread_getcpuclockid");
     clock
-}
-
-/// CPU time (ticks) used by the whole machine and by this process, from
-/// `/proc`: the difference tells whether something else ran during a
-/// measurement (on a shared 2-core machine that skews throughput badly).
-fn machine_and_self_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal ...
-    let busy = cpu.iter().take(8).sum::<u64>()
-        - cpu.get(3).copied().unwrap_or(0)
-        - cpu.get(4).copied().unwrap_or(0);
-    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields overall.
-    let after = me.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let mine = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    (busy, mine)
-}
-
-fn ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// Waits (up to `limit`) until other processes use less than 0.1 CPU over
-/// half a second.
-fn wait_for_quiet(limit: Duration) {
-    if limit.is_zero() {
-        return;
-    }
-    let t0 = Instant::now();
-    loop {
-        let (m0, s0) = machine_and_self_ticks();
-        std::thread::sleep(Duration::from_millis(500));
-        let (m1, s1) = machine_and_self_ticks();
-        let others = (m1 - m0).saturating_sub(s1 - s0) as f64 / ticks_per_sec() / 0.5;
-        if others < 0.1 || t0.elapsed() >= limit {
-            return;
-        }
-    }
 }
 
 type Ready = mpsc::Sender<(SocketAddr, Box<dyn FnOnce() + Send>)>;
@@ -594,19 +512,6 @@ fn run_load(
             others: (m1 - m0).saturating_sub(s1 - s0) as f64 / ticks_per_sec() / secs,
         }
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn main() {
