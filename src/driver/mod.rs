@@ -35,6 +35,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 pub(crate) use epoll::fd_closing;
+pub use op::link::{Eager, eager, submit};
 pub use op::{Cancellable, Canceller, submit_raw};
 
 thread_local! {

@@ -19,6 +19,14 @@ use crate::driver::op::fs as ops;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
 use crate::runtime::context;
 
+mod copy;
+mod dir;
+mod ext;
+
+pub use copy::copy;
+pub use dir::{DirEntry, ReadDir, read_dir};
+pub use ext::{Advice, FallocateMode, RwFlags, SyncKind, SyncRangeFlags};
+
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| {
         io::Error::new(
@@ -282,11 +290,6 @@ impl File {
     /// Flushes data to the device (`fdatasync`).
     pub async fn sync_data(&self) -> io::Result<()> {
         Op::new(ops::Fsync::new(self.raw(), true)).await
-    }
-
-    /// `fallocate(mode, offset, len)`; mode 0 allocates and extends.
-    pub async fn fallocate(&self, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        Op::new(ops::Fallocate::new(self.raw(), mode, offset, len)).await
     }
 
     /// Truncates or extends to `len` bytes.

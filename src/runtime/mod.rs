@@ -62,7 +62,13 @@ impl Builder {
         Builder::default()
     }
 
-    /// Submission queue size (rounded up to a power of two, 8..=32768).
+    /// Submission queue size of the io_uring backend: `n` rounded up to
+    /// a power of two, at least 8 (the loop's own requests need room);
+    /// the completion queue gets 4× as many entries (the kernel clamps it
+    /// to 65536). Both sizes are in [`Features`](crate::driver::Features)
+    /// (`sq_entries`, `cq_entries`). 0 or more than 32768 (the kernel's
+    /// limit) makes [`build`](Self::build) fail with `InvalidInput`.
+    /// Ignored by the epoll backend.
     pub fn entries(mut self, n: u32) -> Builder {
         self.entries = n;
         self
@@ -137,6 +143,15 @@ impl Builder {
 
     /// Builds the loop on this thread.
     pub fn build(&self) -> io::Result<Runner> {
+        if self.entries == 0 || self.entries > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "Builder::entries({}): the submission queue size must be 1..=32768",
+                    self.entries
+                ),
+            ));
+        }
         let shared = Shared::new()?;
         let pool = BlockingPool::new(self.blocking_threads);
         let cfg = DriverConfig {

@@ -30,6 +30,8 @@
 //! backends, and nothing is lost.
 
 pub(crate) mod fs;
+pub(crate) mod fsext;
+pub(crate) mod link;
 pub(crate) mod net;
 pub(crate) mod process;
 pub(crate) mod recv;
@@ -214,6 +216,12 @@ impl<T: OpCode> Op<T> {
             driver: None,
             cancel: None,
         }
+    }
+
+    /// The data of an op never polled, to run it another way (linked).
+    pub(crate) fn into_data(mut self) -> T {
+        debug_assert!(matches!(self.state, State::Init) && self.driver.is_none());
+        self.data.take().expect("op data").into_inner()
     }
 
     fn finish(&mut self, res: io::Result<usize>, flags: u32) -> T::Output {

@@ -133,9 +133,11 @@ pub(crate) struct Uring {
     sqpoll: bool,
     closing: bool,
     garbage: Vec<Box<dyn Any>>,
-    /// SQEs not yet handed to the kernel, with their slot keys (`None`:
-    /// taken back because the op went away first).
-    pending: Vec<Option<(usize, squeue::Entry)>>,
+    /// SQEs not yet handed to the kernel, with their slot keys and, for
+    /// the head of a linked chain, the chain's length (1 otherwise; the
+    /// members follow it) (`None`: taken back because the op went away
+    /// first).
+    pending: Vec<Option<(usize, squeue::Entry, u32)>>,
     /// Slot key → index in `pending`, or `NOT_PENDING`.
     pending_idx: Vec<usize>,
     /// The registered-file table (see [`Uring::register_file`]).
@@ -199,13 +201,14 @@ impl Uring {
         }
     }
 
-    /// Holds `sqe` for op `key` until the next `park`.
-    fn enqueue(&mut self, key: usize, sqe: squeue::Entry) {
+    /// Holds `sqe` for op `key` until the next `park`; `chain`: see
+    /// [`Uring::submit_linked`].
+    fn enqueue(&mut self, key: usize, sqe: squeue::Entry, chain: u32) {
         if self.pending_idx.len() <= key {
             self.pending_idx.resize(key + 1, NOT_PENDING);
         }
         self.pending_idx[key] = self.pending.len();
-        self.pending.push(Some((key, sqe.user_data(key as u64))));
+        self.pending.push(Some((key, sqe.user_data(key as u64), chain)));
     }
 
     /// Takes op `key`'s SQE back if the kernel has not seen it yet.
@@ -224,15 +227,140 @@ impl Uring {
     /// op with the error.
     fn flush(&mut self) {
         let mut pending = std::mem::take(&mut self.pending);
-        for (key, sqe) in pending.drain(..).flatten() {
+        let mut it = pending.drain(..);
+        while let Some(entry) = it.next() {
+            let Some((key, sqe, chain)) = entry else {
+                continue;
+            };
             self.pending_idx[key] = NOT_PENDING;
+            if chain == 0 {
+                // A chain member whose head was taken back: the chain is
+                // gone (its future was dropped or cancelled).
+                self.fail(key, -libc::ECANCELED);
+                continue;
+            }
+            if chain > 1 {
+                // A linked chain: its members follow, and go in together.
+                let mut keys = vec![key];
+                let mut sqes = vec![sqe];
+                for _ in 1..chain {
+                    if let Some(Some((k, s, _))) = it.next() {
+                        self.pending_idx[k] = NOT_PENDING;
+                        keys.push(k);
+                        sqes.push(s);
+                    }
+                }
+                if keys.len() == chain as usize {
+                    self.flush_chain(&keys, &sqes);
+                } else {
+                    for k in keys {
+                        self.fail(k, -libc::ECANCELED);
+                    }
+                }
+                continue;
+            }
             if let Err(e) = self.push(sqe) {
                 self.fail(key, -e.raw_os_error().unwrap_or(libc::EIO));
             }
         }
+        drop(it);
         // Keep the allocation for the next iteration.
         if self.pending.is_empty() {
             self.pending = pending;
+        }
+    }
+
+    /// Hands a linked chain to the ring in one piece: the SQ gets room for
+    /// all of it first (submitting what is there), so no `io_uring_enter`
+    /// can split it — the kernel ends a chain at the end of a submission,
+    /// and the rest would run unlinked.
+    fn flush_chain(&mut self, keys: &[usize], sqes: &[squeue::Entry]) {
+        let fail = |u: &mut Uring, res: i32| {
+            for &k in keys {
+                u.fail(k, res);
+            }
+        };
+        let cap = self.ring.submission().capacity();
+        if sqes.len() > cap {
+            fail(self, -libc::EINVAL);
+            return;
+        }
+        loop {
+            let mut sq = self.ring.submission();
+            if cap - sq.len() >= sqes.len() {
+                // SAFETY: as in `push`: the SQEs point only into op data
+                // kept alive until their CQEs. `push_multiple` publishes
+                // them together (one tail update), so even an SQPOLL
+                // thread never sees half a chain.
+                let r = unsafe { sq.push_multiple(sqes) };
+                drop(sq);
+                if r.is_err() {
+                    fail(self, -libc::EBUSY);
+                }
+                return;
+            }
+            drop(sq);
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap(),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => {
+                    fail(self, -e.raw_os_error().unwrap_or(libc::EIO));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Queues a chain of SQEs that the kernel runs one after another
+    /// (`IOSQE_IO_LINK` on all but the last); returns their slot keys.
+    /// They stay together in `pending` and reach the ring in one piece
+    /// (see [`Uring::flush_chain`]). Taking any of them back before then
+    /// fails the others with `ECANCELED`.
+    pub(crate) fn submit_linked<const N: usize>(
+        &mut self,
+        sqes: [squeue::Entry; N],
+        waker: &Waker,
+    ) -> [usize; N] {
+        let mut keys = [0usize; N];
+        for (i, sqe) in sqes.into_iter().enumerate() {
+            let key = self.slots.insert(Slot::Waiting {
+                waker: Some(waker.clone()),
+                cancelled: false,
+            });
+            keys[i] = key;
+            let chain = if i == 0 { N as u32 } else { 0 };
+            let sqe = if i + 1 < N {
+                sqe.flags(squeue::Flags::IO_LINK)
+            } else {
+                sqe
+            };
+            self.enqueue(key, sqe, chain);
+        }
+        keys
+    }
+
+    /// Hands every queued SQE to the kernel now, in one `io_uring_enter`
+    /// that does not wait (`driver::submit`). Returns how many it took.
+    pub(crate) fn submit_now(&mut self, stats: &mut Stats) -> io::Result<usize> {
+        self.flush();
+        if self.ring.submission().is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.ring.submit() {
+                Ok(n) => {
+                    stats.enter_calls += 1;
+                    stats.sqes_submitted += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    stats.cq_overflows += 1;
+                    self.reap_into(stats);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -310,7 +438,7 @@ impl Uring {
             waker: Some(waker.clone()),
             cancelled: false,
         });
-        self.enqueue(key, sqe);
+        self.enqueue(key, sqe, 1);
         key
     }
 
@@ -329,7 +457,7 @@ impl Uring {
             cancelled: false,
             group,
         });
-        self.enqueue(key, sqe);
+        self.enqueue(key, sqe, 1);
         Ok(key)
     }
 
@@ -774,7 +902,7 @@ impl Uring {
 impl Drop for Uring {
     fn drop(&mut self) {
         // SQEs the kernel never saw: nothing to wait for.
-        for (key, _) in std::mem::take(&mut self.pending).into_iter().flatten() {
+        for (key, _, _) in std::mem::take(&mut self.pending).into_iter().flatten() {
             self.pending_idx[key] = NOT_PENDING;
             self.slots.try_remove(key);
         }

@@ -274,6 +274,20 @@ impl UnixStream {
         Op::new(ops::Read::new(self.sock.fd(), buf, None, true).fixed(fixed))
     }
 
+    /// Reads like [`read`](Self::read), giving up after `timeout`: the
+    /// result is then a `TimedOut` error, with the buffer (bytes that
+    /// arrived first win over the deadline; nothing is lost). On io_uring
+    /// the deadline is an `IORING_OP_LINK_TIMEOUT` linked to the receive,
+    /// costing no timer of the loop; on epoll a loop timer cancels the
+    /// wait for readiness. Dropping the future cancels both.
+    pub async fn read_timeout<B: IoBufMut>(
+        &self,
+        buf: B,
+        timeout: std::time::Duration,
+    ) -> BufResult<usize, B> {
+        crate::driver::op::link::with_timeout(self.read_op(buf).into_data(), timeout).await
+    }
+
     /// [`write`](Self::write) as its op type.
     pub(crate) fn write_op<B: IoBuf>(&self, buf: B) -> Op<ops::Write<B>> {
         let fixed = self.sock.fixed();
