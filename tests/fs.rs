@@ -179,16 +179,21 @@ fn sync_fallocate_set_len_metadata() {
         assert_eq!(m.mode(), std_meta.mode());
 
         // fallocate mode 0 extends the file.
-        f.fallocate(0, 1 << 20, 0).await.unwrap();
-        assert_eq!(f.metadata().await.unwrap().len(), 1 << 20);
-        // KEEP_SIZE allocates without changing the size.
-        f.fallocate(1 << 20, 1 << 20, libc::FALLOC_FL_KEEP_SIZE)
+        f.fallocate(0, 1 << 20, fs::FallocateMode::empty())
             .await
             .unwrap();
         assert_eq!(f.metadata().await.unwrap().len(), 1 << 20);
-        // A bad mode is the kernel's error, not a panic.
-        let err = f.fallocate(0, 10, -1).await.unwrap_err();
-        assert!(err.raw_os_error().is_some(), "{err:?}");
+        // KEEP_SIZE allocates without changing the size.
+        f.fallocate(1 << 20, 1 << 20, fs::FallocateMode::KEEP_SIZE)
+            .await
+            .unwrap();
+        assert_eq!(f.metadata().await.unwrap().len(), 1 << 20);
+        // A bad mode is a clear error, not a panic.
+        let err = f
+            .fallocate(0, 10, fs::FallocateMode::from_bits_retain(-1))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err:?}");
 
         f.set_len(100).await.unwrap();
         assert_eq!(f.metadata().await.unwrap().len(), 100);

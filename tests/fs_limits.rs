@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::TempDir;
 use uringio::Backend;
 use uringio::buf::IoBuf;
-use uringio::fs::OpenOptions;
+use uringio::fs::{self, OpenOptions};
 
 const CONTENT: &[u8] = b"0123456789";
 
@@ -52,7 +52,7 @@ fn offsets_past_i64_max_are_refused() {
                     refused(b, "write_all_at", res, &msg);
                     let (res, _) = f.read_exact_at(Vec::with_capacity(4), off).await;
                     refused(b, "read_exact_at", res, &msg);
-                    refused(b, "fallocate", f.fallocate(off, 1, 0).await, &msg);
+                    refused(b, "fallocate", f.fallocate(off, 1, fs::FallocateMode::empty()).await, &msg);
                     refused(b, "set_len", f.set_len(off).await, &msg);
                 }
                 // Ranges a loop would run past i64::MAX on.
@@ -73,13 +73,13 @@ fn offsets_past_i64_max_are_refused() {
                 refused(
                     b,
                     "fallocate near the end",
-                    f.fallocate(near, 10, 0).await,
+                    f.fallocate(near, 10, fs::FallocateMode::empty()).await,
                     "past i64::MAX",
                 );
                 refused(
                     b,
                     "fallocate with a huge length",
-                    f.fallocate(0, u64::MAX, 0).await,
+                    f.fallocate(0, u64::MAX, fs::FallocateMode::empty()).await,
                     "past i64::MAX",
                 );
                 // Nothing was written anywhere.
