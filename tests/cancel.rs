@@ -617,3 +617,116 @@ fn in_flight_write_survives_being_moved() {
         assert_eq!(got, data[..n]);
     });
 }
+
+/// Linked chains dropped in flight (read → LINK_TIMEOUT on idle sockets,
+/// write → fsync with big buffers), hundreds at a time: the buffers stay
+/// alive until every CQE of the chain is in, the cancellation backlog
+/// drains, and the sockets keep working.
+#[test]
+fn dropped_linked_ops_in_flight() {
+    let _g = serial();
+    on_both(30, |b| async move {
+        let fds = open_fds();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = pairs(&l, 50).await;
+        for round in 0..4 {
+            let mut reads = Vec::new();
+            for (_, s) in &p {
+                let mut r =
+                    Box::pin(s.read_timeout(Vec::with_capacity(64), Duration::from_secs(30)));
+                assert!(futures_util::poll!(r.as_mut()).is_pending());
+                reads.push(r);
+            }
+            if round % 2 == 1 {
+                settle().await; // submitted (io_uring), then dropped
+            }
+            drop(reads);
+        }
+        // Timeouts that fire while their chain is being dropped.
+        for _ in 0..3 {
+            let mut reads = Vec::new();
+            for (_, s) in &p {
+                let mut r =
+                    Box::pin(s.read_timeout(Vec::with_capacity(64), Duration::from_millis(1)));
+                let _ = futures_util::poll!(r.as_mut());
+                reads.push(r);
+            }
+            uringio::sleep(Duration::from_millis(1)).await;
+            drop(reads);
+        }
+        let dir = TempDir::new(&format!("cancel-linked-{b}"));
+        let f = uringio::fs::File::create(dir.path("f")).await.unwrap();
+        for i in 0..8u64 {
+            let mut w = Box::pin(f.write_all_at_sync(
+                vec![i as u8; 4 << 20],
+                i << 22,
+                uringio::fs::SyncKind::All,
+            ));
+            let _ = futures_util::poll!(w.as_mut());
+            if i % 2 == 1 {
+                uringio::sleep(Duration::from_millis(1)).await;
+            }
+            drop(w);
+        }
+        settle().await;
+        // Everything still works: each socket carries a message through.
+        for (i, (c, s)) in p.iter().enumerate() {
+            let msg = format!("after {i}");
+            let (r, _) = c.write_all(msg.clone().into_bytes()).await;
+            r.unwrap();
+            let (r, buf) = s
+                .read_timeout(Vec::with_capacity(64), Duration::from_secs(5))
+                .await;
+            let n = r.unwrap_or_else(|e| panic!("{b}: {e:?}"));
+            assert_eq!(&buf[..n], msg.as_bytes(), "{b}: nothing stale or lost");
+        }
+        let ((w, _), s) = f
+            .write_all_at_sync(b"end".to_vec(), 0, uringio::fs::SyncKind::Data)
+            .await;
+        w.unwrap();
+        s.unwrap();
+        if b == uringio::Backend::IoUring {
+            common::until(|| uringio::driver::stats().cancels_in_flight == 0).await;
+        }
+        f.close().await.unwrap();
+        drop(p);
+        drop(l);
+        assert_eq!(open_fds(), fds, "{b}: no fd leaked");
+    });
+}
+
+/// A chain dropped before the loop submitted it never reaches the kernel:
+/// no write lands in a file whose fd number was reused.
+#[test]
+fn dropped_unsubmitted_chain_never_reaches_a_reused_fd_number() {
+    let _g = serial();
+    if !common::io_uring_or_skip("io_uring test") {
+        return;
+    }
+    let mut r = common::runner(uringio::Backend::IoUring);
+    r.run(async {
+        uringio::timeout(Duration::from_secs(10), async {
+            let dir = TempDir::new("cancel-chain-reuse");
+            std::fs::write(dir.path("other"), b"untouched").unwrap();
+            for _ in 0..20 {
+                let f = uringio::fs::File::create(dir.path("mine")).await.unwrap();
+                {
+                    let mut w =
+                        pin!(f.write_all_at_sync(b"XXXX".to_vec(), 0, uringio::fs::SyncKind::Data));
+                    let _ = futures_util::poll!(w.as_mut());
+                }
+                drop(f);
+                let other = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(dir.path("other"))
+                    .unwrap();
+                settle().await;
+                drop(other);
+                assert_eq!(std::fs::read(dir.path("other")).unwrap(), b"untouched");
+                assert!(std::fs::read(dir.path("mine")).unwrap().is_empty());
+            }
+        })
+        .await
+        .expect("timed out")
+    });
+}

@@ -91,12 +91,16 @@ fn fallocate_modes() {
             .unwrap();
         assert_eq!(f.metadata().await.unwrap().len(), (1 << 20) + 8192);
         assert!(blocks(&path) >= before + 2048, "{b}: 1 MiB allocated");
-        f.fallocate(0, 3 << 20, FallocateMode::empty()).await.unwrap();
+        f.fallocate(0, 3 << 20, FallocateMode::empty())
+            .await
+            .unwrap();
         assert_eq!(f.metadata().await.unwrap().len(), 3 << 20, "{b}");
 
         // Impossible combinations: clear errors, nothing reaches the kernel.
         invalid(
-            f.fallocate(0, 10, FallocateMode::PUNCH_HOLE).await.unwrap_err(),
+            f.fallocate(0, 10, FallocateMode::PUNCH_HOLE)
+                .await
+                .unwrap_err(),
             "KEEP_SIZE",
         );
         invalid(
@@ -159,7 +163,9 @@ fn sync_range_and_fadvise() {
             Advice::DontNeed,
             Advice::NoReuse,
         ] {
-            f.fadvise(0, 0, a).await.unwrap_or_else(|e| panic!("{b} {a:?}: {e}"));
+            f.fadvise(0, 0, a)
+                .await
+                .unwrap_or_else(|e| panic!("{b} {a:?}: {e}"));
         }
         // Bad arguments: clear errors.
         invalid(
@@ -278,8 +284,7 @@ fn try_clone_and_into_std() {
             std::os::fd::AsRawFd::as_raw_fd(&g)
         );
         // The clone is close-on-exec, like every uringio descriptor.
-        let flags = nix::fcntl::fcntl(&g, nix::fcntl::F_GETFD)
-            .unwrap();
+        let flags = nix::fcntl::fcntl(&g, nix::fcntl::F_GETFD).unwrap();
         assert!(flags & libc::FD_CLOEXEC != 0, "{b}");
         let (r, _) = f.write_all_at(b"shared".to_vec(), 0).await;
         r.unwrap();
@@ -354,7 +359,9 @@ fn read_dir_10000_entries() {
         assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR), "{b}");
         // Cleanup through the API as well.
         for i in 0..100 {
-            fs::remove_file(dir.path(&format!("e{i:05}"))).await.unwrap();
+            fs::remove_file(dir.path(&format!("e{i:05}")))
+                .await
+                .unwrap();
         }
         let mut rd = fs::read_dir(&dir.0).await.unwrap();
         let mut left = 0;
@@ -385,10 +392,19 @@ fn copy_64_mib() {
         assert_eq!(mode, 0o640, "{b}: permissions kept");
         // Empty file; a procfs file (copy_file_range reports nothing).
         std::fs::write(dir.path("empty"), b"").unwrap();
-        assert_eq!(fs::copy(dir.path("empty"), dir.path("e2")).await.unwrap(), 0);
-        let n = fs::copy("/proc/self/status", dir.path("status")).await.unwrap();
+        assert_eq!(
+            fs::copy(dir.path("empty"), dir.path("e2")).await.unwrap(),
+            0
+        );
+        let n = fs::copy("/proc/self/status", dir.path("status"))
+            .await
+            .unwrap();
         assert!(n > 0, "{b}: procfs read through the fallback");
-        assert!(std::fs::read_to_string(dir.path("status")).unwrap().contains("Name:"));
+        assert!(
+            std::fs::read_to_string(dir.path("status"))
+                .unwrap()
+                .contains("Name:")
+        );
         // Errors: same file, missing source, directory source.
         let e = fs::copy(&src, &src).await.unwrap_err();
         invalid(e, "same file");

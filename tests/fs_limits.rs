@@ -52,7 +52,12 @@ fn offsets_past_i64_max_are_refused() {
                     refused(b, "write_all_at", res, &msg);
                     let (res, _) = f.read_exact_at(Vec::with_capacity(4), off).await;
                     refused(b, "read_exact_at", res, &msg);
-                    refused(b, "fallocate", f.fallocate(off, 1, fs::FallocateMode::empty()).await, &msg);
+                    refused(
+                        b,
+                        "fallocate",
+                        f.fallocate(off, 1, fs::FallocateMode::empty()).await,
+                        &msg,
+                    );
                     refused(b, "set_len", f.set_len(off).await, &msg);
                 }
                 // Ranges a loop would run past i64::MAX on.

@@ -35,7 +35,9 @@ fn write_then_sync_returns_both_results() {
             s.unwrap_or_else(|e| panic!("{b}: sync {e:?}"));
             assert_eq!(buf, data, "{b}: the buffer comes back");
         }
-        let ((w, buf), s) = f.write_at_sync(b"tail".to_vec(), 2 << 20, SyncKind::Data).await;
+        let ((w, buf), s) = f
+            .write_at_sync(b"tail".to_vec(), 2 << 20, SyncKind::Data)
+            .await;
         assert_eq!(w.unwrap(), 4, "{b}");
         s.unwrap();
         assert_eq!(buf, b"tail");
@@ -97,9 +99,7 @@ fn read_timeout_expires_and_loses_nothing() {
         // The socket is fine afterwards and the next bytes arrive whole.
         let (r, _) = c.write_all(b"hello".to_vec()).await;
         r.unwrap();
-        let (res, buf) = s
-            .read_timeout(buf, Duration::from_secs(5))
-            .await;
+        let (res, buf) = s.read_timeout(buf, Duration::from_secs(5)).await;
         assert_eq!(res.unwrap(), 5, "{b}");
         assert_eq!(buf, b"hello");
 

@@ -322,9 +322,8 @@ pub(crate) fn copy_file_range(
     use std::os::fd::AsRawFd;
     // SAFETY: two open descriptors (borrowed for the call) and two offsets
     // the call may update, all valid for its duration.
-    let r = unsafe {
-        libc::copy_file_range(src.as_raw_fd(), off_in, dst.as_raw_fd(), off_out, len, 0)
-    };
+    let r =
+        unsafe { libc::copy_file_range(src.as_raw_fd(), off_in, dst.as_raw_fd(), off_out, len, 0) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {

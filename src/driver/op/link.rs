@@ -54,7 +54,10 @@ pub(crate) struct LinkDone<A, B> {
 impl<A: OpCode, B: OpCode> LinkDone<A, B> {
     /// Both ops' outputs.
     pub(crate) fn complete(self) -> (A::Output, B::Output) {
-        (self.a.complete(self.ra, self.fa), self.b.complete(self.rb, self.fb))
+        (
+            self.a.complete(self.ra, self.fa),
+            self.b.complete(self.rb, self.fb),
+        )
     }
 }
 
@@ -301,9 +304,7 @@ where
     })
     .await;
     match out {
-        (Err(e), b) if fired && e.raw_os_error() == Some(libc::ECANCELED) => {
-            (Err(timed_out(d)), b)
-        }
+        (Err(e), b) if fired && e.raw_os_error() == Some(libc::ECANCELED) => (Err(timed_out(d)), b),
         o => o,
     }
 }

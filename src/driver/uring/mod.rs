@@ -208,7 +208,8 @@ impl Uring {
             self.pending_idx.resize(key + 1, NOT_PENDING);
         }
         self.pending_idx[key] = self.pending.len();
-        self.pending.push(Some((key, sqe.user_data(key as u64), chain)));
+        self.pending
+            .push(Some((key, sqe.user_data(key as u64), chain)));
     }
 
     /// Takes op `key`'s SQE back if the kernel has not seen it yet.
