@@ -102,6 +102,12 @@ fn read_timeout_expires_and_loses_nothing() {
         let (res, buf) = s.read_timeout(buf, Duration::from_secs(5)).await;
         assert_eq!(res.unwrap(), 5, "{b}");
         assert_eq!(buf, b"hello");
+        // The read half of a split stream too.
+        let (rh, _wh) = s.into_split();
+        let (res, _) = rh
+            .read_timeout(Vec::with_capacity(8), Duration::from_millis(20))
+            .await;
+        assert_eq!(res.unwrap_err().kind(), io::ErrorKind::TimedOut, "{b}");
 
         // Unix stream sockets too.
         let (x, y) = UnixStream::pair().unwrap();

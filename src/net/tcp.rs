@@ -522,6 +522,15 @@ impl OwnedReadHalf {
         self.s.readv(bufs)
     }
 
+    /// See [`TcpStream::read_timeout`].
+    pub async fn read_timeout<B: IoBufMut>(
+        &self,
+        buf: B,
+        timeout: std::time::Duration,
+    ) -> BufResult<usize, B> {
+        self.s.read_timeout(buf, timeout).await
+    }
+
     /// See [`TcpStream::recv_multishot`].
     pub fn recv_multishot(&self, ring: &BufRing) -> RecvMulti<'_> {
         self.s.recv_multishot(ring)
