@@ -303,6 +303,11 @@ impl Uring {
         self.files.free.push(slot);
     }
 
+    /// The ring's register calls (the registered-buffer table).
+    pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.ring.submitter()
+    }
+
     /// Queues an op's SQE (submitted at the next `park`); returns its slot
     /// key. A submission failure is reported through the slot.
     pub(crate) fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> usize {
