@@ -249,7 +249,7 @@ fn check_size(size: usize) -> io::Result<()> {
     if size == 0 || size > fixedbuf::MAX_BUF {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("a fixed buffer has 1..=1073741824 bytes (1 GiB), got {size}"),
+            format!("a FixedBuf has 1..=1073741824 bytes (1 GiB), got {size}"),
         ));
     }
     Ok(())
@@ -265,7 +265,9 @@ pub struct NextBuf {
 
 impl std::fmt::Debug for NextBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NextBuf").field("waiting", &self.id).finish()
+        f.debug_struct("NextBuf")
+            .field("waiting", &self.id)
+            .finish()
     }
 }
 
@@ -447,8 +449,9 @@ impl FixedBuf {
         } else {
             Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "a FixedBuf was used in a fixed op on a loop other than the one its \
-                 FixedBufPool was made in",
+                "a FixedBuf from another loop's FixedBufPool was given to a fixed op: a \
+                 pool's buffers work with read_fixed_at/write_fixed_at only on the loop \
+                 the pool was made in",
             ))
         }
     }

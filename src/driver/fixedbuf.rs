@@ -166,32 +166,86 @@ impl BufTable {
     }
 }
 
-/// Fills slots `base..` with `bufs`, in batches. On failure the slots
-/// already filled are emptied again.
+/// `struct io_uring_rsrc_update2` (5.13).
+#[repr(C)]
+struct RsrcUpdate2 {
+    offset: u32,
+    resv: u32,
+    data: u64,
+    tags: u64,
+    nr: u32,
+    resv2: u32,
+}
+
+const IORING_REGISTER_BUFFERS_UPDATE: libc::c_uint = 16;
+
+/// One `IORING_REGISTER_BUFFERS_UPDATE` of `iovs` at slot `offset`: how
+/// many slots the kernel updated. The kernel stops at the first buffer it
+/// cannot register and returns the count so far (an error only if that
+/// is 0), so a short count is not success: the io-uring crate's wrapper
+/// drops the count, hence this call of our own.
+fn update_call(u: &super::uring::Uring, offset: u32, iovs: &[libc::iovec]) -> io::Result<usize> {
+    let arg = RsrcUpdate2 {
+        offset,
+        resv: 0,
+        data: iovs.as_ptr() as u64,
+        tags: 0,
+        nr: iovs.len() as u32,
+        resv2: 0,
+    };
+    // SAFETY: io_uring_register on our ring's fd with a valid
+    // io_uring_rsrc_update2 (its size as the last argument) naming `iovs`,
+    // which live across the call; the memory they name is the callers'
+    // concern (see `update` and `clear`).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            u.ring_fd(),
+            IORING_REGISTER_BUFFERS_UPDATE,
+            &arg as *const RsrcUpdate2,
+            std::mem::size_of::<RsrcUpdate2>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Puts `iovs` in slots `base..`, all of them or an error (the kernel's
+/// error for the first buffer it refused).
+fn update_all(u: &super::uring::Uring, base: u32, iovs: &[libc::iovec]) -> io::Result<()> {
+    let mut done = 0;
+    while done < iovs.len() {
+        let end = iovs.len().min(done + UPDATE_BATCH);
+        match update_call(u, base + done as u32, &iovs[done..end])? {
+            0 => {
+                return Err(io::Error::other(
+                    "the kernel updated no registered-buffer slot",
+                ));
+            }
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// Fills slots `base..` with `bufs`. On failure the slots already filled
+/// are emptied again.
 fn update(driver: &Driver, base: u32, bufs: &[(usize, usize)]) -> io::Result<()> {
     let inner = driver.inner.borrow();
     let Backends::Uring(u) = &*inner else {
         return Err(io::Error::other("not an io_uring loop"));
     };
-    let iovs = iovecs(bufs);
-    let mut done = 0;
-    for chunk in iovs.chunks(UPDATE_BATCH) {
-        // SAFETY: each iovec names heap memory owned by the pool being
-        // registered, which stays allocated until its slots are emptied
-        // again (`unregister`), or the ring is gone; empty iovecs clear.
-        let r = unsafe {
-            u.submitter()
-                .register_buffers_update(base + done as u32, chunk, None)
-        };
-        if let Err(e) = r {
-            if done > 0 {
-                clear(u, base, done);
-            }
-            return Err(e);
-        }
-        done += chunk.len();
+    // The iovecs name heap memory owned by the pool being registered,
+    // which stays allocated until its slots are emptied again
+    // (`unregister`), or the ring is gone.
+    let r = update_all(u, base, &iovecs(bufs));
+    if r.is_err() {
+        clear(u, base, bufs.len());
     }
-    Ok(())
+    r
 }
 
 /// Empties `n` slots from `base`; `false` if the kernel refused.
@@ -201,23 +255,16 @@ fn clear(u: &super::uring::Uring, base: u32, n: usize) -> bool {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
         };
-        n.min(UPDATE_BATCH)
+        n
     ];
-    let mut done = 0;
-    while done < n {
-        let k = (n - done).min(UPDATE_BATCH);
-        // SAFETY: empty iovecs name no memory: they clear the slots.
-        let r = unsafe {
-            u.submitter()
-                .register_buffers_update(base + done as u32, &empty[..k], None)
-        };
-        if let Err(e) = r {
+    // Empty iovecs name no memory: they clear the slots.
+    match update_all(u, base, &empty) {
+        Ok(()) => true,
+        Err(e) => {
             log::warn!("uringio: emptying fixed-buffer slots {base}..+{n}: {e}");
-            return false;
+            false
         }
-        done += k;
     }
-    true
 }
 
 /// (Re-)registers a sparse table of `size` slots and puts every live
@@ -247,7 +294,10 @@ fn reregister(driver: &Driver, t: &mut BufTable, size: u32) -> io::Result<()> {
 /// Registers `bufs` (address, length) for one pool. `Ok(None)`: not
 /// registered, and the pool works on plain reads and writes (epoll, or a
 /// kernel without sparse buffer tables).
-pub(crate) fn register(driver: &Driver, bufs: &[(usize, usize)]) -> io::Result<Option<Registration>> {
+pub(crate) fn register(
+    driver: &Driver,
+    bufs: &[(usize, usize)],
+) -> io::Result<Option<Registration>> {
     if !driver.is_uring() || bufs.is_empty() {
         return Ok(None);
     }

@@ -58,9 +58,7 @@ impl DioAlignment {
     fn from_stat(st: Option<&libc::statx>, fd: RawFd) -> DioAlignment {
         if let Some(st) = st {
             let (m, o) = (st.stx_dio_mem_align, st.stx_dio_offset_align);
-            if st.stx_mask & libc::STATX_DIOALIGN != 0
-                && m.is_power_of_two()
-                && o.is_power_of_two()
+            if st.stx_mask & libc::STATX_DIOALIGN != 0 && m.is_power_of_two() && o.is_power_of_two()
             {
                 return DioAlignment {
                     mem: m,

@@ -15,9 +15,9 @@ use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
 use crate::driver::op::Op;
+use crate::driver::op::fixed::{Refuse, read_segment, write_segment};
 use crate::driver::op::fs as ops;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
-use crate::driver::op::fixed::{Refuse, read_segment, write_segment};
 use crate::runtime::context;
 
 mod direct;
@@ -229,7 +229,10 @@ impl File {
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
         let err = self.misaligned("read_at", pos, || vec![read_segment(&buf)]);
-        Op::new(Refuse::new(Read::new(self.raw(), buf, Some(pos), false), err))
+        Op::new(Refuse::new(
+            Read::new(self.raw(), buf, Some(pos), false),
+            err,
+        ))
     }
 
     /// Fills `buf`'s spare capacity from `pos`; end of file first is an
@@ -290,7 +293,10 @@ impl File {
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
         let err = self.misaligned("write_at", pos, || vec![write_segment(&buf)]);
-        Op::new(Refuse::new(Write::new(self.raw(), buf, Some(pos), false), err))
+        Op::new(Refuse::new(
+            Write::new(self.raw(), buf, Some(pos), false),
+            err,
+        ))
     }
 
     /// Writes all of `buf`'s initialised bytes at `pos`.
@@ -308,7 +314,10 @@ impl File {
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
         let err = self.misaligned("readv_at", pos, || bufs.iter().map(read_segment).collect());
-        Op::new(Refuse::new(ReadV::new(self.raw(), bufs, Some(pos), false), err))
+        Op::new(Refuse::new(
+            ReadV::new(self.raw(), bufs, Some(pos), false),
+            err,
+        ))
     }
 
     /// Vectored write at `pos`.
@@ -317,8 +326,13 @@ impl File {
         bufs: Vec<B>,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
-        let err = self.misaligned("writev_at", pos, || bufs.iter().map(write_segment).collect());
-        Op::new(Refuse::new(WriteV::new(self.raw(), bufs, Some(pos), false), err))
+        let err = self.misaligned("writev_at", pos, || {
+            bufs.iter().map(write_segment).collect()
+        });
+        Op::new(Refuse::new(
+            WriteV::new(self.raw(), bufs, Some(pos), false),
+            err,
+        ))
     }
 
     /// Flushes data and metadata to the device (`fsync`).

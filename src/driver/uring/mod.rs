@@ -308,6 +308,13 @@ impl Uring {
         self.ring.submitter()
     }
 
+    /// The ring's descriptor (for register calls the crate does not
+    /// wrap faithfully; see fixedbuf.rs).
+    pub(crate) fn ring_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
+    }
+
     /// Queues an op's SQE (submitted at the next `park`); returns its slot
     /// key. A submission failure is reported through the slot.
     pub(crate) fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> usize {
