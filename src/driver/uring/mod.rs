@@ -600,7 +600,15 @@ impl Uring {
             self.arm_wake()?;
         }
         self.flush();
-        let mut timeout = timeout;
+        // Data of ops dropped before the kernel saw them (or after their
+        // CQE) is already garbage: it is handed out (and dropped) after
+        // this wait, and dropping it can wake a task (a FixedBuf going back
+        // to its pool): do not sleep on it.
+        let mut timeout = if self.garbage.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         loop {
             let to_submit = self.ring.submission().len() as u32;
             let cq_ready = !self.ring.completion().is_empty();
