@@ -280,3 +280,36 @@ pub(crate) fn logical_block_size(fd: RawFd) -> Option<u32> {
     let r = unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut size as *mut libc::c_int) };
     (r == 0 && size > 0).then_some(size as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::FixedBufPool;
+    use crate::runtime::{Backend, Runner};
+
+    #[test]
+    fn registered_pools_build_fixed_sqes_and_others_plain_ones() {
+        for b in [Backend::IoUring, Backend::Epoll] {
+            let Ok(mut r) = Runner::builder().backend(b).build() else {
+                continue; // io_uring refused here: nothing to check
+            };
+            r.run(async {
+                let d = crate::driver::current().unwrap();
+                let pool = FixedBufPool::new(2, 4096).unwrap();
+                let mut rd = ReadFixed::new(0, pool.try_next().unwrap(), 0);
+                rd.bind_fixed(&d);
+                let mut wr = WriteFixed::new(0, pool.try_next().unwrap(), 0);
+                wr.bind_fixed(&d);
+                if d.is_uring() {
+                    assert!(pool.is_registered());
+                    assert_eq!(rd.sqe().get_opcode(), u32::from(opcode::ReadFixed::CODE));
+                    assert_eq!(wr.sqe().get_opcode(), u32::from(opcode::WriteFixed::CODE));
+                } else {
+                    assert!(!pool.is_registered());
+                    assert_eq!(rd.slot, None);
+                    assert_eq!(wr.slot, None);
+                }
+            });
+        }
+    }
+}
