@@ -730,3 +730,85 @@ fn dropped_unsubmitted_chain_never_reaches_a_reused_fd_number() {
         .expect("timed out")
     });
 }
+
+#[test]
+fn dropped_fixed_and_direct_ops_in_flight() {
+    // read_fixed_at / write_fixed_at / O_DIRECT reads dropped mid-flight:
+    // their FixedBufs return to the pool (and AlignedBufs are freed) only
+    // once the kernel or the pool thread is done; the pool is whole again
+    // afterwards and later ops see the right bytes.
+    let _g = serial();
+    on_both(20, |b| async move {
+        use uringio::buf::{AlignedBuf, FixedBufPool};
+        let dir = TempDir::new(&format!("cancel-fixed-{b}"));
+        let path = dir.path("data");
+        std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
+        let f = uringio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .await
+            .unwrap();
+        let pool = FixedBufPool::new(32, 16384).unwrap();
+        for round in 0..10u64 {
+            // Buffers of the previous round's dropped ops come back as
+            // the kernel finishes with them: wait for them.
+            let mut bufs = Vec::new();
+            for _ in 0..32 {
+                bufs.push(pool.next().await);
+            }
+            let wbufs = bufs.split_off(16);
+            let reads = join_all(
+                bufs.into_iter()
+                    .zip(0u64..)
+                    .map(|(buf, i)| f.read_fixed_at(buf, i * 16384)),
+            );
+            let writes = join_all(wbufs.into_iter().zip(0u64..).map(|(mut buf, i)| {
+                buf.resize(16384, 7).unwrap();
+                f.write_fixed_at(buf, (16 + i) * 16384 + round)
+            }));
+            let mut both = pin!(futures_util::future::join(reads, writes));
+            let _ = futures_util::poll!(both.as_mut());
+            assert_eq!(pool.available(), 0);
+        } // dropped in flight
+        common::until(|| pool.available() == 32).await;
+        let (res, buf) = f.read_fixed_at(pool.try_next().unwrap(), 0).await;
+        assert_eq!(res.unwrap(), 16384);
+        assert!(buf.iter().all(|&x| x == 7));
+        drop(buf);
+        // A pool dropped while its buffers are in dropped ops.
+        let short = FixedBufPool::new(4, 4096).unwrap();
+        {
+            let reads =
+                join_all((0..4u64).map(|i| f.read_fixed_at(short.try_next().unwrap(), i * 4096)));
+            let mut reads = pin!(reads);
+            let _ = futures_util::poll!(reads.as_mut());
+            drop(short);
+        }
+        f.close().await.unwrap();
+
+        // O_DIRECT reads into AlignedBufs, dropped in flight.
+        let d = uringio::fs::OpenOptions::new()
+            .read(true)
+            .direct(true)
+            .open(&path)
+            .await;
+        let Ok(d) = d else {
+            eprintln!("SKIP cancel::dropped_fixed_and_direct_ops_in_flight: no O_DIRECT here");
+            return;
+        };
+        for _ in 0..10 {
+            let reads = join_all(
+                (0..16u64).map(|i| d.read_at(AlignedBuf::new(65536, 4096).unwrap(), i * 65536)),
+            );
+            let mut reads = pin!(reads);
+            let _ = futures_util::poll!(reads.as_mut());
+        }
+        let (res, buf) = d
+            .read_exact_at(AlignedBuf::new(1 << 20, 4096).unwrap(), 0)
+            .await;
+        res.unwrap();
+        assert!(buf.iter().all(|&x| x == 7));
+        d.close().await.unwrap();
+    });
+}

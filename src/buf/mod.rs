@@ -27,11 +27,22 @@
 //! arrives (`IORING_REGISTER_PBUF_RING` on io_uring, emulated on epoll);
 //! [`TcpStream::recv_multishot`](crate::net::TcpStream::recv_multishot)
 //! yields [`Chunk`]s of it, which go back to the ring when dropped.
+//!
+//! ## Storage buffers
+//! [`AlignedBuf`] has an alignment and capacity chosen at creation (for
+//! `O_DIRECT`); [`FixedBufPool`] registers a set of them with the ring
+//! (`IORING_REGISTER_BUFFERS2`; plain memory on epoll) and hands out
+//! [`FixedBuf`]s for [`File::read_fixed_at`](crate::fs::File::read_fixed_at)
+//! and [`write_fixed_at`](crate::fs::File::write_fixed_at).
 
 use std::ops::{Bound, Deref, DerefMut, RangeBounds};
 
+mod aligned;
+mod fixed;
 mod ring;
 
+pub use aligned::AlignedBuf;
+pub use fixed::{FixedBuf, FixedBufPool, NextBuf};
 pub use ring::{BufRing, Chunk};
 
 /// An op's result together with its buffer, handed back either way.

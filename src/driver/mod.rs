@@ -20,6 +20,7 @@
 pub(crate) mod blocking;
 pub(crate) mod bufring;
 pub(crate) mod epoll;
+pub(crate) mod fixedbuf;
 pub(crate) mod op;
 #[cfg(test)]
 mod tests;
@@ -233,6 +234,8 @@ pub(crate) struct Driver {
     /// The loop's default buffer group, made on first use. Declared after
     /// `inner` so the ring is closed first when the driver goes.
     pub(crate) default_group: RefCell<Option<Rc<bufring::BufGroup>>>,
+    /// The registered-buffer table (io_uring; see [`fixedbuf`]).
+    pub(crate) fixed_bufs: RefCell<fixedbuf::BufTable>,
 }
 
 impl Driver {
@@ -291,6 +294,7 @@ impl Driver {
                         fallback_reason: None,
                         buf_ring_shape: cfg.buf_ring,
                         default_group: RefCell::new(None),
+                        fixed_bufs: RefCell::default(),
                     });
                 }
                 Err(uring::SetupError::Refused(reason)) => {
@@ -319,6 +323,7 @@ impl Driver {
             fallback_reason,
             buf_ring_shape: cfg.buf_ring,
             default_group: RefCell::new(None),
+            fixed_bufs: RefCell::default(),
         })
     }
 

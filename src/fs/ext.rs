@@ -12,6 +12,7 @@ use super::File;
 use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::op::Op;
+use crate::driver::op::fixed::{read_segment, write_segment};
 use crate::driver::op::fs as ops;
 use crate::driver::op::fsext;
 use crate::driver::op::link;
@@ -197,6 +198,9 @@ impl File {
         pos: u64,
         kind: SyncKind,
     ) -> (BufResult<(), B>, io::Result<()>) {
+        if let Some(e) = self.misaligned("write_all_at_sync", pos, || vec![write_segment(&buf)]) {
+            return ((Err(e), buf), Err(crate::driver::op::ecanceled()));
+        }
         let ((res, b), sync) = link::write_sync(self.raw(), buf, pos, true, kind).await;
         ((res.map(|_| ()), b), sync)
     }
@@ -211,6 +215,9 @@ impl File {
         pos: u64,
         kind: SyncKind,
     ) -> (BufResult<usize, B>, io::Result<()>) {
+        if let Some(e) = self.misaligned("write_at_sync", pos, || vec![write_segment(&buf)]) {
+            return ((Err(e), buf), Err(crate::driver::op::ecanceled()));
+        }
         link::write_sync(self.raw(), buf, pos, false, kind).await
     }
 
@@ -229,6 +236,9 @@ impl File {
         pos: u64,
         timeout: Duration,
     ) -> BufResult<usize, B> {
+        if let Some(e) = self.misaligned("read_at_timeout", pos, || vec![read_segment(&buf)]) {
+            return (Err(e), buf);
+        }
         let op = crate::driver::op::rw::Read::new(self.raw(), buf, Some(pos), false);
         link::with_timeout(op, timeout).await
     }
@@ -246,6 +256,9 @@ impl File {
         if let Err(e) = flags.check(false) {
             return (Err(e), buf);
         }
+        if let Some(e) = self.misaligned("read_at_with", pos, || vec![read_segment(&buf)]) {
+            return (Err(e), buf);
+        }
         Op::new(fsext::ReadFlags::new(self.raw(), buf, pos, flags.raw())).await
     }
 
@@ -259,6 +272,9 @@ impl File {
         flags: RwFlags,
     ) -> BufResult<usize, B> {
         if let Err(e) = flags.check(true) {
+            return (Err(e), buf);
+        }
+        if let Some(e) = self.misaligned("write_at_with", pos, || vec![write_segment(&buf)]) {
             return (Err(e), buf);
         }
         Op::new(fsext::WriteFlags::new(self.raw(), buf, pos, flags.raw())).await
@@ -308,7 +324,10 @@ impl File {
             .as_ref()
             .ok_or_else(|| io::Error::other("file is closed"))?
             .try_clone()?;
-        Ok(File { fd: Some(fd) })
+        Ok(File {
+            fd: Some(fd),
+            dio: self.dio,
+        })
     }
 
     /// The `std::fs::File` on the same descriptor. Sound without waiting:

@@ -15,16 +15,19 @@ use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
 use crate::driver::op::Op;
+use crate::driver::op::fixed::{Refuse, read_segment, write_segment};
 use crate::driver::op::fs as ops;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
 use crate::runtime::context;
 
 mod copy;
 mod dir;
+mod direct;
 mod ext;
 
 pub use copy::copy;
 pub use dir::{DirEntry, ReadDir, read_dir};
+pub use direct::{DioAlignment, DioSource};
 pub use ext::{Advice, FallocateMode, RwFlags, SyncKind, SyncRangeFlags};
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -47,6 +50,7 @@ pub struct OpenOptions {
     create_new: bool,
     mode: u32,
     custom_flags: i32,
+    direct: bool,
 }
 
 impl Default for OpenOptions {
@@ -67,6 +71,7 @@ impl OpenOptions {
             create_new: false,
             mode: 0o666,
             custom_flags: 0,
+            direct: false,
         }
     }
 
@@ -118,6 +123,16 @@ impl OpenOptions {
         self
     }
 
+    /// Direct I/O (`O_DIRECT`): reads and writes bypass the page cache,
+    /// and must be aligned (see [`File::dio_alignment`]; misaligned ones
+    /// are refused with `InvalidInput` before reaching the kernel). Use
+    /// [`AlignedBuf`](crate::buf::AlignedBuf) or a
+    /// [`FixedBufPool`](crate::buf::FixedBufPool) for the buffers.
+    pub fn direct(&mut self, on: bool) -> &mut Self {
+        self.direct = on;
+        self
+    }
+
     fn flags(&self) -> io::Result<i32> {
         let acc = match (self.read, self.write || self.append) {
             (true, false) => libc::O_RDONLY,
@@ -144,6 +159,9 @@ impl OpenOptions {
             ));
         }
         let mut f = acc | self.custom_flags;
+        if self.direct {
+            f |= libc::O_DIRECT;
+        }
         if self.append {
             f |= libc::O_APPEND;
         }
@@ -163,7 +181,8 @@ impl OpenOptions {
         let flags = self.flags()?;
         let p = cpath(path.as_ref())?;
         let fd = Op::new(ops::OpenAt::new(p, flags, self.mode)).await?;
-        Ok(File { fd: Some(fd) })
+        let dio = direct::learn(&fd, flags).await;
+        Ok(File { fd: Some(fd), dio })
     }
 }
 
@@ -178,6 +197,8 @@ impl OpenOptions {
 #[derive(Debug)]
 pub struct File {
     fd: Option<OwnedFd>,
+    /// The alignment direct I/O needs, for a file opened with `O_DIRECT`.
+    dio: Option<DioAlignment>,
 }
 
 impl File {
@@ -198,9 +219,9 @@ impl File {
 
     /// Takes over a std file.
     pub fn from_std(f: std::fs::File) -> File {
-        File {
-            fd: Some(OwnedFd::from(f)),
-        }
+        let fd = OwnedFd::from(f);
+        let dio = direct::learn_now(&fd);
+        File { fd: Some(fd), dio }
     }
 
     fn raw(&self) -> RawFd {
@@ -213,7 +234,11 @@ impl File {
         buf: B,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(Read::new(self.raw(), buf, Some(pos), false))
+        let err = self.misaligned("read_at", pos, || vec![read_segment(&buf)]);
+        Op::new(Refuse::new(
+            Read::new(self.raw(), buf, Some(pos), false),
+            err,
+        ))
     }
 
     /// Fills `buf`'s spare capacity from `pos`; end of file first is an
@@ -221,6 +246,9 @@ impl File {
     pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
         let want = buf.bytes_total().saturating_sub(buf.bytes_init()) as u64;
         if let Err(e) = crate::driver::op::rw::check_range(pos, want) {
+            return (Err(e), buf);
+        }
+        if let Some(e) = direct::check_read_exact(self, &buf, pos) {
             return (Err(e), buf);
         }
         let mut pos = pos;
@@ -242,6 +270,20 @@ impl File {
                         buf,
                     );
                 }
+                Ok(n) if self.dio_short(n) && buf.bytes_init() < buf.bytes_total() => {
+                    // A direct read short of the alignment met the end.
+                    return (
+                        Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "end of file after {} of {} bytes",
+                                buf.bytes_init(),
+                                buf.bytes_total()
+                            ),
+                        )),
+                        buf,
+                    );
+                }
                 Ok(n) => pos += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return (Err(e), buf),
@@ -256,11 +298,18 @@ impl File {
         buf: B,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(Write::new(self.raw(), buf, Some(pos), false))
+        let err = self.misaligned("write_at", pos, || vec![write_segment(&buf)]);
+        Op::new(Refuse::new(
+            Write::new(self.raw(), buf, Some(pos), false),
+            err,
+        ))
     }
 
     /// Writes all of `buf`'s initialised bytes at `pos`.
     pub async fn write_all_at<B: IoBuf>(&self, buf: B, pos: u64) -> BufResult<(), B> {
+        if let Some(e) = direct::check_write_all(self, &buf, pos) {
+            return (Err(e), buf);
+        }
         crate::driver::op::rw::write_all(self.raw(), buf, Some(pos), false, None).await
     }
 
@@ -270,7 +319,11 @@ impl File {
         bufs: Vec<B>,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
-        Op::new(ReadV::new(self.raw(), bufs, Some(pos), false))
+        let err = self.misaligned("readv_at", pos, || bufs.iter().map(read_segment).collect());
+        Op::new(Refuse::new(
+            ReadV::new(self.raw(), bufs, Some(pos), false),
+            err,
+        ))
     }
 
     /// Vectored write at `pos`.
@@ -279,7 +332,13 @@ impl File {
         bufs: Vec<B>,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
-        Op::new(WriteV::new(self.raw(), bufs, Some(pos), false))
+        let err = self.misaligned("writev_at", pos, || {
+            bufs.iter().map(write_segment).collect()
+        });
+        Op::new(Refuse::new(
+            WriteV::new(self.raw(), bufs, Some(pos), false),
+            err,
+        ))
     }
 
     /// Flushes data and metadata to the device (`fsync`).

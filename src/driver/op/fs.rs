@@ -64,6 +64,10 @@ impl OpCode for OpenAt {
     }
 }
 
+/// What `statx` asks for: the basic fields and birth time, plus the
+/// direct-I/O alignment (`STATX_DIOALIGN`, 6.1; older kernels ignore it).
+const STATX_MASK: u32 = libc::STATX_ALL | libc::STATX_DIOALIGN;
+
 /// `statx` of an open fd (`AT_EMPTY_PATH`) or of a path.
 pub(crate) struct Statx {
     fd: RawFd,
@@ -104,7 +108,7 @@ impl OpCode for Statx {
             (&mut *self.buf as *mut libc::statx).cast(),
         )
         .flags(self.flags)
-        .mask(libc::STATX_ALL)
+        .mask(STATX_MASK)
         .build()
     }
 
@@ -119,7 +123,7 @@ impl OpCode for Statx {
                 self.fd,
                 self.path.as_ptr(),
                 self.flags,
-                libc::STATX_ALL,
+                STATX_MASK,
                 &mut *self.buf,
             )
         })

@@ -29,6 +29,7 @@
 //! with what it got, or starts afresh on the new driver: the same on both
 //! backends, and nothing is lost.
 
+pub(crate) mod fixed;
 pub(crate) mod fs;
 pub(crate) mod fsext;
 pub(crate) mod link;
@@ -97,6 +98,13 @@ pub(crate) trait OpCode: 'static {
     /// Checks the op's arguments before it is submitted; an error here
     /// resolves the op at once.
     fn check(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Checks the op against the driver it is about to start on (both
+    /// backends; a fixed buffer must belong to that loop); an error here
+    /// resolves the op at once.
+    fn check_on(&self, _driver: &Driver) -> io::Result<()> {
         Ok(())
     }
 
@@ -321,7 +329,7 @@ impl<T: OpCode> Op<T> {
                         return Poll::Ready(self.finish(Err(ecanceled()), 0));
                     }
                     let data = self.data.as_mut().expect("op data").get();
-                    if let Err(e) = data.check() {
+                    if let Err(e) = data.check().and_then(|()| data.check_on(driver)) {
                         return Poll::Ready(self.finish(Err(e), 0));
                     }
                     let mut inner = driver.inner.borrow_mut();

@@ -34,7 +34,7 @@ macro_rules! on_target {
 
 /// The most one read or write moves (Linux's `MAX_RW_COUNT`); larger
 /// buffers are done in several ops (`write_all`) or partially.
-const MAX_RW: usize = 0x7fff_f000;
+pub(crate) const MAX_RW: usize = 0x7fff_f000;
 
 /// Refuses a file offset the kernel would read as negative: io_uring takes
 /// -1 as "the current position" (a write would land elsewhere), pread and

@@ -432,6 +432,18 @@ impl Uring {
         self.files.free.push(slot);
     }
 
+    /// The ring's register calls (the registered-buffer table).
+    pub(crate) fn submitter(&self) -> io_uring::Submitter<'_> {
+        self.ring.submitter()
+    }
+
+    /// The ring's descriptor (for register calls the crate does not
+    /// wrap faithfully; see fixedbuf.rs).
+    pub(crate) fn ring_fd(&self) -> RawFd {
+        use std::os::fd::AsRawFd;
+        self.ring.as_raw_fd()
+    }
+
     /// Queues an op's SQE (submitted at the next `park`); returns its slot
     /// key. A submission failure is reported through the slot.
     pub(crate) fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> usize {
@@ -717,7 +729,15 @@ impl Uring {
             self.arm_wake()?;
         }
         self.flush();
-        let mut timeout = timeout;
+        // Data of ops dropped before the kernel saw them (or after their
+        // CQE) is already garbage: it is handed out (and dropped) after
+        // this wait, and dropping it can wake a task (a FixedBuf going back
+        // to its pool): do not sleep on it.
+        let mut timeout = if self.garbage.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         loop {
             let to_submit = self.ring.submission().len() as u32;
             let cq_ready = !self.ring.completion().is_empty();

@@ -78,6 +78,10 @@ pub(crate) const OPTIONAL: &[Opcode] = &[
     op(opcode::MsgRingData::CODE, "MSG_RING", "MsgRingData"),
     op(opcode::WaitId::CODE, "WAITID", "WaitId"),
     op(opcode::Ftruncate::CODE, "FTRUNCATE", "Ftruncate"),
+    // Built only for buffers in a sparse registered-buffer table (5.19),
+    // which implies them (5.1); see uring-sys-notes/registered-buffers.md.
+    op(opcode::ReadFixed::CODE, "READ_FIXED", "ReadFixed"),
+    op(opcode::WriteFixed::CODE, "WRITE_FIXED", "WriteFixed"),
     // Multishot receive rides on RECV (6.0, with SEND_ZC); see
     // uring-sys-notes/multishot-recv.md.
     op(opcode::Recv::CODE, "RECV", "RecvMulti"),
@@ -366,6 +370,7 @@ mod tests {
 
     /// The sources that build SQEs.
     const SOURCES: &[(&str, &str)] = &[
+        ("op/fixed.rs", include_str!("../op/fixed.rs")),
         ("op/fs.rs", include_str!("../op/fs.rs")),
         ("op/mod.rs", include_str!("../op/mod.rs")),
         ("op/net.rs", include_str!("../op/net.rs")),
