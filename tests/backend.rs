@@ -429,3 +429,68 @@ fn a_missing_optional_opcode_keeps_io_uring() {
         f.close().await.unwrap();
     });
 }
+
+/// The child half of `small_memlock_limit_falls_back_with_a_reason`.
+#[test]
+#[ignore = "run by small_memlock_limit_falls_back_with_a_reason in a child"]
+fn memlock_ring_child() {
+    if std::env::var_os("URINGIO_RING_MEMLOCK_CHILD").is_none() {
+        return;
+    }
+    let r = Runner::builder().entries(4096).build().unwrap();
+    let why = r.fallback_reason().unwrap_or("none").to_string();
+    println!("BACKEND={} WHY={why}", r.backend());
+    match Runner::builder()
+        .entries(4096)
+        .backend(Backend::IoUring)
+        .build()
+    {
+        Ok(_) => println!("EXPLICIT=ok"),
+        Err(e) => println!("EXPLICIT-ERR={e}"),
+    }
+}
+
+#[test]
+fn small_memlock_limit_falls_back_with_a_reason() {
+    // Without CAP_IPC_LOCK the ring's own memory is charged to
+    // RLIMIT_MEMLOCK on current kernels: a tiny limit must make Auto fall
+    // back to epoll with a reason naming the limit (not fail with a bare
+    // ENOMEM), and an explicit io_uring request fail clearly.
+    if !common::io_uring_or_skip("io_uring test (ring memlock)") {
+        return;
+    }
+    let have = |t: &str| {
+        std::process::Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("setpriv") || !have("prlimit") {
+        eprintln!("SKIP backend::small_memlock_limit_falls_back_with_a_reason: no setpriv/prlimit");
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--bounding-set", "-ipc_lock", "--inh-caps", "-ipc_lock"])
+        .arg("prlimit")
+        .arg("--memlock=4096:4096")
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "memlock_ring_child", "--ignored", "--nocapture"])
+        .env("URINGIO_RING_MEMLOCK_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    if stdout.contains("BACKEND=io_uring") {
+        // A kernel that does not charge the ring to the limit: nothing to check.
+        eprintln!(
+            "SKIP backend::small_memlock_limit_falls_back_with_a_reason: ring not charged to RLIMIT_MEMLOCK here"
+        );
+        return;
+    }
+    assert!(stdout.contains("BACKEND=epoll"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("WHY=RLIMIT_MEMLOCK"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("EXPLICIT-ERR="), "{stdout}\n{stderr}");
+    assert!(stdout.contains("RLIMIT_MEMLOCK"), "{stdout}");
+}

@@ -747,7 +747,10 @@ fn linked_and_flagged_ops_check_direct_alignment_too() {
             sync.unwrap();
 
             let ((res, _), sync) = f.write_at_sync(b"abc".to_vec(), 0, SyncKind::All).await;
-            assert_invalid(&res.unwrap_err(), &["O_DIRECT write_at_sync", "multiple of"]);
+            assert_invalid(
+                &res.unwrap_err(),
+                &["O_DIRECT write_at_sync", "multiple of"],
+            );
             assert_eq!(sync.unwrap_err().raw_os_error(), Some(libc::ECANCELED));
             let ((res, _), sync) = f
                 .write_all_at_sync(
@@ -772,7 +775,10 @@ fn linked_and_flagged_ops_check_direct_alignment_too() {
                 .await;
             assert_invalid(&res.unwrap_err(), &["read_at_with", "offset 5"]);
             let (res, _) = f.write_at_with(b"x".to_vec(), 0, RwFlags::DSYNC).await;
-            assert_invalid(&res.unwrap_err(), &["O_DIRECT write_at_with", "multiple of"]);
+            assert_invalid(
+                &res.unwrap_err(),
+                &["O_DIRECT write_at_with", "multiple of"],
+            );
             assert_eq!(
                 std::fs::read(&path).unwrap(),
                 good,

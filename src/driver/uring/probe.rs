@@ -158,6 +158,11 @@ fn memlock_limit() -> Option<u64> {
         .map(|(soft, _)| soft)
 }
 
+/// The soft RLIMIT_MEMLOCK is not unlimited.
+fn memlock_finite() -> bool {
+    memlock_limit().is_some_and(|l| l != libc::RLIM_INFINITY)
+}
+
 fn classify(e: io::Error, kernel_old_memlock: bool) -> SetupError {
     let code = e.raw_os_error().unwrap_or(0);
     match code {
@@ -169,7 +174,10 @@ fn classify(e: io::Error, kernel_old_memlock: bool) -> SetupError {
             SetupError::Refused("io_uring_setup: ENOSYS (kernel without io_uring)".to_string())
         }
         libc::EINVAL => SetupError::Refused("io_uring_setup: EINVAL".to_string()),
-        libc::ENOMEM if kernel_old_memlock => SetupError::Refused(format!(
+        // Before 5.12 ring memory was always charged to RLIMIT_MEMLOCK; on
+        // current kernels it is again whenever the process lacks
+        // CAP_IPC_LOCK (seen on 6.18), so a finite limit explains ENOMEM.
+        libc::ENOMEM if kernel_old_memlock || memlock_finite() => SetupError::Refused(format!(
             "RLIMIT_MEMLOCK ({} bytes) too small for the ring",
             memlock_limit().unwrap_or(0)
         )),
