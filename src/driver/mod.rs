@@ -157,8 +157,9 @@ pub struct Stats {
     pub cq_overflows: u64,
     /// Ops sent to the blocking pool (epoll file ops).
     pub blocking_ops: u64,
-    /// Sockets in the ring's registered-file table right now (io_uring;
-    /// busy sockets are registered, see [`Features::fixed_files`]).
+    /// Sockets and files in the ring's registered-file table right now
+    /// (io_uring; busy sockets and [`RegisteredFile`](crate::fs::RegisteredFile)s
+    /// are registered, see [`Features::fixed_files`]).
     pub registered_files: u64,
     /// Ops cancelled whose final completion has not been reaped yet
     /// (io_uring): the cancellation backlog, kept small while the loop

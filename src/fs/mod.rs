@@ -14,10 +14,13 @@ use std::time::{Duration, SystemTime};
 use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
-use crate::driver::op::Op;
 use crate::driver::op::fs as ops;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
+use crate::driver::op::{FixedFd, Op};
 use crate::runtime::context;
+
+mod registered;
+pub use registered::RegisteredFile;
 
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| {
@@ -210,36 +213,8 @@ impl File {
 
     /// Fills `buf`'s spare capacity from `pos`; end of file first is an
     /// `UnexpectedEof` error (the bytes read stay in `buf`).
-    pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
-        let want = buf.bytes_total().saturating_sub(buf.bytes_init()) as u64;
-        if let Err(e) = crate::driver::op::rw::check_range(pos, want) {
-            return (Err(e), buf);
-        }
-        let mut pos = pos;
-        while buf.bytes_init() < buf.bytes_total() {
-            let before = buf.bytes_init();
-            let (res, b) = self.read_at(buf, pos).await;
-            buf = b;
-            match res {
-                Ok(0) => {
-                    return (
-                        Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "end of file after {} of {} bytes",
-                                before,
-                                buf.bytes_total()
-                            ),
-                        )),
-                        buf,
-                    );
-                }
-                Ok(n) => pos += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+    pub async fn read_exact_at<B: IoBufMut>(&self, buf: B, pos: u64) -> BufResult<(), B> {
+        read_exact(self.raw(), None, buf, pos).await
     }
 
     /// Writes `buf`'s initialised bytes at `pos` (maybe not all).
@@ -337,6 +312,45 @@ impl AsFd for File {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_ref().expect("file is open").as_fd()
     }
+}
+
+/// Fills `buf`'s spare capacity from `pos`, one read after another
+/// (naming the registered-file slot `fixed` where it applies).
+async fn read_exact<B: IoBufMut>(
+    fd: RawFd,
+    fixed: Option<FixedFd>,
+    mut buf: B,
+    pos: u64,
+) -> BufResult<(), B> {
+    let want = buf.bytes_total().saturating_sub(buf.bytes_init()) as u64;
+    if let Err(e) = crate::driver::op::rw::check_range(pos, want) {
+        return (Err(e), buf);
+    }
+    let mut pos = pos;
+    while buf.bytes_init() < buf.bytes_total() {
+        let before = buf.bytes_init();
+        let (res, b) = Op::new(Read::new(fd, buf, Some(pos), false).fixed(fixed)).await;
+        buf = b;
+        match res {
+            Ok(0) => {
+                return (
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "end of file after {} of {} bytes",
+                            before,
+                            buf.bytes_total()
+                        ),
+                    )),
+                    buf,
+                );
+            }
+            Ok(n) => pos += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
 }
 
 /// File metadata from `statx`.

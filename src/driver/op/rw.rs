@@ -136,7 +136,7 @@ pub(crate) struct Read<B> {
     socket: bool,
     /// A stream socket: a short read means it was drained.
     stream: bool,
-    /// The socket's registered-file slot, if it has one.
+    /// The fd's registered-file slot, if it has one.
     fixed: Option<FixedFd>,
 }
 
@@ -156,7 +156,7 @@ impl<B: IoBufMut> Read<B> {
         }
     }
 
-    /// Names the socket by its registered-file slot on io_uring.
+    /// Names the fd by its registered-file slot on io_uring.
     pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Read<B> {
         self.fixed = fixed;
         self
@@ -196,9 +196,13 @@ impl<B: IoBufMut> OpCode for Read<B> {
             )
             .build())
         } else {
-            opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
-                .offset(self.offset.unwrap_or(u64::MAX))
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Read::new(
+                t,
+                self.ptr,
+                self.len as u32
+            )
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build())
         }
     }
 
@@ -242,7 +246,7 @@ pub(crate) struct Write<B> {
     len: usize,
     offset: Option<u64>,
     socket: bool,
-    /// The socket's registered-file slot, if it has one.
+    /// The fd's registered-file slot, if it has one.
     fixed: Option<FixedFd>,
 }
 
@@ -261,7 +265,7 @@ impl<B: IoBuf> Write<B> {
         }
     }
 
-    /// Names the socket by its registered-file slot on io_uring.
+    /// Names the fd by its registered-file slot on io_uring.
     pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Write<B> {
         self.fixed = fixed;
         self
@@ -292,9 +296,13 @@ impl<B: IoBuf> OpCode for Write<B> {
             .flags(libc::MSG_NOSIGNAL)
             .build())
         } else {
-            opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
-                .offset(self.offset.unwrap_or(u64::MAX))
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Write::new(
+                t,
+                self.ptr,
+                self.len as u32
+            )
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build())
         }
     }
 
@@ -328,6 +336,8 @@ pub(crate) struct ReadV<B> {
     iov: Vec<libc::iovec>,
     offset: Option<u64>,
     socket: bool,
+    /// The file's registered-file slot, if it has one.
+    fixed: Option<FixedFd>,
 }
 
 impl<B: IoBufMut> ReadV<B> {
@@ -348,7 +358,14 @@ impl<B: IoBufMut> ReadV<B> {
             iov,
             offset,
             socket,
+            fixed: None,
         }
+    }
+
+    /// Names the fd by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> ReadV<B> {
+        self.fixed = fixed;
+        self
     }
 }
 
@@ -363,10 +380,18 @@ impl<B: IoBufMut> OpCode for ReadV<B> {
         self.offset.map_or(Ok(()), check_offset)
     }
 
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
-        opcode::Readv::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
-            .offset(self.offset.unwrap_or(u64::MAX))
-            .build()
+        on_target!(self.fixed, self.fd, |t| opcode::Readv::new(
+            t,
+            self.iov.as_ptr(),
+            self.iov.len() as u32
+        )
+        .offset(self.offset.unwrap_or(u64::MAX))
+        .build())
     }
 
     fn mode(&self) -> Mode {
@@ -413,6 +438,8 @@ pub(crate) struct WriteV<B> {
     msg: libc::msghdr,
     offset: Option<u64>,
     socket: bool,
+    /// The file's registered-file slot, if it has one (files only).
+    fixed: Option<FixedFd>,
 }
 
 impl<B: IoBuf> WriteV<B> {
@@ -435,7 +462,14 @@ impl<B: IoBuf> WriteV<B> {
             msg: unsafe { mem::zeroed() },
             offset,
             socket,
+            fixed: None,
         }
+    }
+
+    /// Names the fd by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> WriteV<B> {
+        self.fixed = fixed;
+        self
     }
 
     fn fill_msg(&mut self) {
@@ -446,6 +480,10 @@ impl<B: IoBuf> WriteV<B> {
 
 impl<B: IoBuf> OpCode for WriteV<B> {
     type Output = crate::buf::BufResult<usize, Vec<B>>;
+
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
 
     fn check(&self) -> io::Result<()> {
         self.offset.map_or(Ok(()), check_offset)
@@ -458,9 +496,13 @@ impl<B: IoBuf> OpCode for WriteV<B> {
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
         } else {
-            opcode::Writev::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
-                .offset(self.offset.unwrap_or(u64::MAX))
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Writev::new(
+                t,
+                self.iov.as_ptr(),
+                self.iov.len() as u32
+            )
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build())
         }
     }
 
