@@ -84,7 +84,7 @@ fn randread_and_randwrite_on_both_backends() {
         assert!(num(&m, "iops") > 0.0);
         let mbps = num(&m, "mbps");
         let secs = num(&m, "secs");
-        assert!(secs >= 1.0 && secs < 10.0, "{m:?}");
+        assert!((1.0..10.0).contains(&secs), "{m:?}");
         // MB/s is ops * 4096 / secs (rounding aside).
         let want = ops * 4096.0 / secs / 1e6;
         assert!((mbps - want).abs() <= want * 0.01 + 0.1, "{m:?}");
