@@ -158,7 +158,10 @@ impl OpenOptions {
         let flags = self.flags()?;
         let p = cpath(path.as_ref())?;
         let fd = Op::new(ops::OpenAt::new(p, flags, self.mode)).await?;
-        Ok(File { fd: Some(fd) })
+        Ok(File {
+            fd: Some(fd),
+            buffered: flags & libc::O_DIRECT == 0,
+        })
     }
 }
 
@@ -173,6 +176,11 @@ impl OpenOptions {
 #[derive(Debug)]
 pub struct File {
     fd: Option<OwnedFd>,
+    /// Not opened with `O_DIRECT`: on epoll a read is first tried on the
+    /// loop thread with `RWF_NOWAIT` (served from the page cache without
+    /// a trip to the pool). An `O_DIRECT` read with `RWF_NOWAIT` would
+    /// wait for the device, so those always go to the pool.
+    buffered: bool,
 }
 
 impl File {
@@ -193,8 +201,10 @@ impl File {
 
     /// Takes over a std file.
     pub fn from_std(f: std::fs::File) -> File {
+        let flags = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(libc::O_DIRECT);
         File {
             fd: Some(OwnedFd::from(f)),
+            buffered: flags & libc::O_DIRECT == 0,
         }
     }
 
@@ -208,13 +218,13 @@ impl File {
         buf: B,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(Read::new(self.raw(), buf, Some(pos), false))
+        Op::new(Read::new(self.raw(), buf, Some(pos), false).nowait(self.buffered))
     }
 
     /// Fills `buf`'s spare capacity from `pos`; end of file first is an
     /// `UnexpectedEof` error (the bytes read stay in `buf`).
     pub async fn read_exact_at<B: IoBufMut>(&self, buf: B, pos: u64) -> BufResult<(), B> {
-        read_exact(self.raw(), None, buf, pos).await
+        read_exact(self.raw(), None, self.buffered, buf, pos).await
     }
 
     /// Writes `buf`'s initialised bytes at `pos` (maybe not all).
@@ -319,6 +329,7 @@ impl AsFd for File {
 async fn read_exact<B: IoBufMut>(
     fd: RawFd,
     fixed: Option<FixedFd>,
+    buffered: bool,
     mut buf: B,
     pos: u64,
 ) -> BufResult<(), B> {
@@ -329,7 +340,12 @@ async fn read_exact<B: IoBufMut>(
     let mut pos = pos;
     while buf.bytes_init() < buf.bytes_total() {
         let before = buf.bytes_init();
-        let (res, b) = Op::new(Read::new(fd, buf, Some(pos), false).fixed(fixed)).await;
+        let (res, b) = Op::new(
+            Read::new(fd, buf, Some(pos), false)
+                .fixed(fixed)
+                .nowait(buffered),
+        )
+        .await;
         buf = b;
         match res {
             Ok(0) => {

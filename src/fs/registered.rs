@@ -113,7 +113,13 @@ impl RegisteredFile {
     /// Gives the slot back and returns the plain file.
     pub fn unregister(mut self) -> File {
         self.release();
-        let file = std::mem::replace(&mut self.file, File { fd: None });
+        let file = std::mem::replace(
+            &mut self.file,
+            File {
+                fd: None,
+                buffered: true,
+            },
+        );
         drop(self);
         file
     }
@@ -129,12 +135,16 @@ impl RegisteredFile {
         buf: B,
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        Op::new(Read::new(self.fd(), buf, Some(pos), false).fixed(self.fixed()))
+        Op::new(
+            Read::new(self.fd(), buf, Some(pos), false)
+                .fixed(self.fixed())
+                .nowait(self.file.buffered),
+        )
     }
 
     /// As [`File::read_exact_at`], naming the slot.
     pub async fn read_exact_at<B: IoBufMut>(&self, buf: B, pos: u64) -> BufResult<(), B> {
-        super::read_exact(self.fd(), self.fixed(), buf, pos).await
+        super::read_exact(self.fd(), self.fixed(), self.file.buffered, buf, pos).await
     }
 
     /// As [`File::write_at`], naming the slot.

@@ -138,6 +138,11 @@ pub(crate) struct Read<B> {
     stream: bool,
     /// The fd's registered-file slot, if it has one.
     fixed: Option<FixedFd>,
+    /// A positioned read from a regular file not opened with `O_DIRECT`:
+    /// on epoll it first tries `preadv2(RWF_NOWAIT)` on the loop thread.
+    nowait: bool,
+    /// Bytes that attempt read (the pool reads the rest).
+    pre: usize,
 }
 
 impl<B: IoBufMut> Read<B> {
@@ -153,7 +158,17 @@ impl<B: IoBufMut> Read<B> {
             socket,
             stream: false,
             fixed: None,
+            nowait: false,
+            pre: 0,
         }
+    }
+
+    /// Marks a positioned read from a buffered (not `O_DIRECT`) file: the
+    /// epoll backend may serve it from the page cache on the loop thread.
+    /// (An `O_DIRECT` read with `RWF_NOWAIT` still waits for the device.)
+    pub(crate) fn nowait(mut self, on: bool) -> Read<B> {
+        self.nowait = on && !self.socket && self.offset.is_some();
+        self
     }
 
     /// Names the fd by its registered-file slot on io_uring.
@@ -210,7 +225,52 @@ impl<B: IoBufMut> OpCode for Read<B> {
         rw_mode(self.fd, self.socket, self.offset, false)
     }
 
+    fn tries_nonblocking(&self) -> bool {
+        self.nowait
+    }
+
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        let off = self.offset.filter(|_| self.nowait)?;
+        let iov = libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        };
+        // SAFETY: the iovec describes the buffer's spare capacity, owned by
+        // this op; RWF_NOWAIT returns EAGAIN rather than wait for I/O.
+        let r = unsafe { libc::preadv2(self.fd, &iov, 1, off as libc::off_t, libc::RWF_NOWAIT) };
+        match r {
+            // Not all of it was cached (or this is the end of the file): the
+            // pool reads the rest, as one pread would have.
+            n if n > 0 && (n as usize) < self.len => {
+                self.pre = n as usize;
+                None
+            }
+            // All of it, or end of file at `off`.
+            n if n >= 0 => Some(Ok(n as usize)),
+            // EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here) or any
+            // error: the pool's plain pread gives the answer.
+            _ => None,
+        }
+    }
+
     fn perform(&mut self) -> io::Result<usize> {
+        let pre = self.pre;
+        if pre > 0 {
+            let off = self.offset.unwrap_or(0) + pre as u64;
+            // SAFETY: the rest of the buffer's spare capacity, owned by
+            // this op for the duration.
+            let r = unsafe {
+                libc::pread(
+                    self.fd,
+                    self.ptr.add(pre).cast(),
+                    self.len - pre,
+                    off as libc::off_t,
+                )
+            };
+            // An error after some bytes were read reports those bytes, as a
+            // single pread would.
+            return Ok(pre + cvt(r).unwrap_or(0));
+        }
         // SAFETY: ptr/len describe the buffer's spare capacity, owned by this
         // op for the duration.
         let r = unsafe {
