@@ -583,7 +583,8 @@ fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
     let e = &runs[pos(Who::Epoll).unwrap()];
     let t = &runs[pos(Who::Tokio).unwrap()];
     let m = &runs[pos(Who::Monoio).unwrap()];
-    let mut pairs: Vec<(&str, &[Option<Run>], &[Option<Run>])> = vec![
+    type Pair<'a> = (&'a str, &'a [Option<Run>], &'a [Option<Run>]);
+    let mut pairs: Vec<Pair> = vec![
         ("uringio io_uring ÷ monoio", u, m),
         ("uringio io_uring ÷ tokio", u, t),
         ("uringio epoll ÷ tokio", e, t),
