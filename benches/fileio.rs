@@ -14,7 +14,8 @@
 //! uringio registers the file (`File::register`, as fio's
 //! `registerfiles`). fio runs with its best io_uring settings on the same
 //! core (`ioengine=io_uring`, `iodepth=32`, `fixedbufs`, `registerfiles`,
-//! no SQPOLL, no polled I/O, `cpus_allowed=0`), twice per round: default
+//! no SQPOLL, no polled I/O, `cpus_allowed=0`, and `invalidate=0`: by
+//! default fio drops the file's page cache first), twice per round: default
 //! batching and `iodepth_batch_submit=32`/`iodepth_batch_complete_max=32`;
 //! "fio best" is the better of the two in each round.
 //!
@@ -379,6 +380,9 @@ fn fio_run(s: &Setup, w: Work, batch: bool) -> Option<Run> {
         "--sqthread_poll=0",
         "--hipri=0",
         "--direct=0",
+        // fio drops the file's page cache before a run by default: the
+        // reads would come from the disk (and the next contender's too).
+        "--invalidate=0",
         "--cpus_allowed=0",
         "--norandommap",
         "--randrepeat=0",
@@ -492,11 +496,10 @@ fn main() {
         // runs[who][round]
         let mut runs: Vec<Vec<Option<Run>>> = vec![Vec::new(); who.len()];
         for round in 0..rounds {
-            if w != Work::RandRead {
-                // Writes dirtied the cache: start each round from a clean
-                // file (not measured).
-                let _ = std::fs::File::open(&path).and_then(|f| f.sync_all());
-            }
+            // Each round starts with the whole file in the page cache and
+            // nothing dirty (not measured).
+            let _ = std::fs::File::open(&path).and_then(|f| f.sync_all());
+            prepare(&path, size);
             for i in 0..who.len() {
                 let idx = (i + round) % who.len();
                 wait_for_quiet(quiet);
