@@ -230,7 +230,14 @@ pub(crate) struct Epoll {
     inbox: Arc<Inbox>,
     blocking: Slab<PoolSlot>,
     next_token: u64,
+    /// File reads the loop thread may still do itself (`RWF_NOWAIT`)
+    /// before it next waits for I/O: a task reading a cached file in a
+    /// loop would otherwise never yield (every read completes at once).
+    inline_left: u32,
 }
+
+/// See [`Epoll::inline_budget`].
+const INLINE_BUDGET: u32 = 128;
 
 impl Registry {
     /// Ops waiting for readiness on any fd.
@@ -305,6 +312,7 @@ impl Epoll {
             }),
             blocking: Slab::new(),
             next_token: 0,
+            inline_left: INLINE_BUDGET,
         })
     }
 
@@ -416,6 +424,18 @@ impl Epoll {
         }
     }
 
+    /// Takes one op from the budget of file reads done on the loop thread
+    /// (`RWF_NOWAIT`, a page-cache hit) per loop iteration; `false` once
+    /// it is spent (the op yields and tries again after the next wait for
+    /// I/O, so other tasks and I/O get their turn).
+    pub(crate) fn inline_budget(&mut self) -> bool {
+        if self.inline_left == 0 {
+            return false;
+        }
+        self.inline_left -= 1;
+        true
+    }
+
     /// Pool jobs reported but not yet taken in.
     pub(crate) fn has_reports(&self) -> bool {
         !self
@@ -453,6 +473,7 @@ impl Epoll {
             )
         };
         stats.enter_calls += 1;
+        self.inline_left = INLINE_BUDGET;
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINTR) {

@@ -159,8 +159,12 @@ pub struct Stats {
     pub cq_overflows: u64,
     /// Ops sent to the blocking pool (epoll file ops).
     pub blocking_ops: u64,
-    /// Sockets in the ring's registered-file table right now (io_uring;
-    /// busy sockets are registered, see [`Features::fixed_files`]).
+    /// File reads done on the loop thread without the pool (epoll: the
+    /// data was in the page cache, `preadv2(RWF_NOWAIT)`).
+    pub nonblocking_ops: u64,
+    /// Sockets and files in the ring's registered-file table right now
+    /// (io_uring; busy sockets and [`RegisteredFile`](crate::fs::RegisteredFile)s
+    /// are registered, see [`Features::fixed_files`]).
     pub registered_files: u64,
     /// Ops cancelled whose final completion has not been reaped yet
     /// (io_uring): the cancellation backlog, kept small while the loop

@@ -14,21 +14,23 @@ use std::time::{Duration, SystemTime};
 use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
-use crate::driver::op::Op;
 use crate::driver::op::fixed::{Refuse, read_segment, write_segment};
 use crate::driver::op::fs as ops;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
+use crate::driver::op::{FixedFd, Op};
 use crate::runtime::context;
 
 mod copy;
 mod dir;
 mod direct;
 mod ext;
+mod registered;
 
 pub use copy::copy;
 pub use dir::{DirEntry, ReadDir, read_dir};
 pub use direct::{DioAlignment, DioSource};
 pub use ext::{Advice, FallocateMode, RwFlags, SyncKind, SyncRangeFlags};
+pub use registered::RegisteredFile;
 
 fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| {
@@ -224,6 +226,14 @@ impl File {
         File { fd: Some(fd), dio }
     }
 
+    /// Not opened with `O_DIRECT`: on epoll a read is first tried on the
+    /// loop thread with `RWF_NOWAIT` (served from the page cache without a
+    /// trip to the pool). An `O_DIRECT` read with `RWF_NOWAIT` would wait
+    /// for the device, so those always go to the pool.
+    fn buffered(&self) -> bool {
+        self.dio.is_none()
+    }
+
     fn raw(&self) -> RawFd {
         self.fd.as_ref().map_or(-1, |f| f.as_raw_fd())
     }
@@ -236,60 +246,15 @@ impl File {
     ) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
         let err = self.misaligned("read_at", pos, || vec![read_segment(&buf)]);
         Op::new(Refuse::new(
-            Read::new(self.raw(), buf, Some(pos), false),
+            Read::new(self.raw(), buf, Some(pos), false).nowait(self.buffered()),
             err,
         ))
     }
 
     /// Fills `buf`'s spare capacity from `pos`; end of file first is an
     /// `UnexpectedEof` error (the bytes read stay in `buf`).
-    pub async fn read_exact_at<B: IoBufMut>(&self, mut buf: B, pos: u64) -> BufResult<(), B> {
-        let want = buf.bytes_total().saturating_sub(buf.bytes_init()) as u64;
-        if let Err(e) = crate::driver::op::rw::check_range(pos, want) {
-            return (Err(e), buf);
-        }
-        if let Some(e) = direct::check_read_exact(self, &buf, pos) {
-            return (Err(e), buf);
-        }
-        let mut pos = pos;
-        while buf.bytes_init() < buf.bytes_total() {
-            let before = buf.bytes_init();
-            let (res, b) = self.read_at(buf, pos).await;
-            buf = b;
-            match res {
-                Ok(0) => {
-                    return (
-                        Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "end of file after {} of {} bytes",
-                                before,
-                                buf.bytes_total()
-                            ),
-                        )),
-                        buf,
-                    );
-                }
-                Ok(n) if self.dio_short(n) && buf.bytes_init() < buf.bytes_total() => {
-                    // A direct read short of the alignment met the end.
-                    return (
-                        Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "end of file after {} of {} bytes",
-                                buf.bytes_init(),
-                                buf.bytes_total()
-                            ),
-                        )),
-                        buf,
-                    );
-                }
-                Ok(n) => pos += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return (Err(e), buf),
-            }
-        }
-        (Ok(()), buf)
+    pub async fn read_exact_at<B: IoBufMut>(&self, buf: B, pos: u64) -> BufResult<(), B> {
+        read_exact(self, None, buf, pos).await
     }
 
     /// Writes `buf`'s initialised bytes at `pos` (maybe not all).
@@ -399,6 +364,67 @@ impl AsFd for File {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_ref().expect("file is open").as_fd()
     }
+}
+
+/// Fills `buf`'s spare capacity from `pos`, one read after another
+/// (naming the registered-file slot `fixed` where it applies).
+async fn read_exact<B: IoBufMut>(
+    file: &File,
+    fixed: Option<FixedFd>,
+    mut buf: B,
+    pos: u64,
+) -> BufResult<(), B> {
+    let want = buf.bytes_total().saturating_sub(buf.bytes_init()) as u64;
+    if let Err(e) = crate::driver::op::rw::check_range(pos, want) {
+        return (Err(e), buf);
+    }
+    if let Some(e) = direct::check_read_exact(file, &buf, pos) {
+        return (Err(e), buf);
+    }
+    let mut pos = pos;
+    while buf.bytes_init() < buf.bytes_total() {
+        let before = buf.bytes_init();
+        let (res, b) = Op::new(
+            Read::new(file.raw(), buf, Some(pos), false)
+                .fixed(fixed)
+                .nowait(file.buffered()),
+        )
+        .await;
+        buf = b;
+        match res {
+            Ok(0) => {
+                return (
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "end of file after {} of {} bytes",
+                            before,
+                            buf.bytes_total()
+                        ),
+                    )),
+                    buf,
+                );
+            }
+            Ok(n) if file.dio_short(n) && buf.bytes_init() < buf.bytes_total() => {
+                // A direct read short of the alignment met the end.
+                return (
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "end of file after {} of {} bytes",
+                            buf.bytes_init(),
+                            buf.bytes_total()
+                        ),
+                    )),
+                    buf,
+                );
+            }
+            Ok(n) => pos += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
 }
 
 /// File metadata from `statx`.

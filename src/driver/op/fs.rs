@@ -8,7 +8,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Mode, OpCode};
+use super::{FixedFd, Mode, OpCode};
+use crate::driver::Driver;
 
 fn cvt(r: libc::c_int) -> io::Result<usize> {
     if r < 0 {
@@ -138,23 +139,45 @@ impl OpCode for Statx {
 pub(crate) struct Fsync {
     fd: RawFd,
     data: bool,
+    /// The file's registered-file slot, if it has one.
+    fixed: Option<FixedFd>,
 }
 
 impl Fsync {
     pub(crate) fn new(fd: RawFd, data: bool) -> Fsync {
-        Fsync { fd, data }
+        Fsync {
+            fd,
+            data,
+            fixed: None,
+        }
+    }
+
+    /// Names the fd by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Fsync {
+        self.fixed = fixed;
+        self
     }
 }
 
 impl OpCode for Fsync {
     type Output = io::Result<()>;
 
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
-        let mut op = opcode::Fsync::new(types::Fd(self.fd));
-        if self.data {
-            op = op.flags(types::FsyncFlags::DATASYNC);
+        let flags = if self.data {
+            types::FsyncFlags::DATASYNC
+        } else {
+            types::FsyncFlags::empty()
+        };
+        match self.fixed {
+            Some(f) => opcode::Fsync::new(types::Fixed(f.slot))
+                .flags(flags)
+                .build(),
+            None => opcode::Fsync::new(types::Fd(self.fd)).flags(flags).build(),
         }
-        op.build()
     }
 
     fn mode(&self) -> Mode {

@@ -11,6 +11,7 @@
 //!  Init ──poll──▶ Uring(key) ──CQE──▶ Done        (io_uring)
 //!    │                 └─drop─▶ slot Abandoned(data) + ASYNC_CANCEL; freed on CQE
 //!    ├──poll──▶ Epoll ──EAGAIN─▶ wait readiness ─▶ retry ─▶ Done   (sockets)
+//!    ├──poll──▶ cached file read done on the loop (RWF_NOWAIT) ─▶ Done  (epoll)
 //!    └──poll──▶ Pool(key) ──pool thread performs──▶ Done           (files)
 //!                   └─drop─▶ slot Abandoned(data); freed when the pool is done
 //! ```
@@ -94,6 +95,23 @@ pub(crate) trait OpCode: 'static {
     /// op goes to: an op carrying a registered-file slot ([`FixedFd`])
     /// drops it unless the slot belongs to that driver's ring.
     fn bind_fixed(&mut self, _driver: &Driver) {}
+
+    /// On epoll, before a [`Mode::Blocking`] op goes to the pool: an
+    /// attempt on the loop thread that cannot block (a cached file read,
+    /// `preadv2(RWF_NOWAIT)`). `Some(result)` ends the op with it; `None`
+    /// sends it to the pool, whose `perform` continues from whatever the
+    /// attempt already did, so the result is the one the pool alone would
+    /// give.
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        None
+    }
+
+    /// Whether [`OpCode::try_nonblocking`] may end the op on the loop
+    /// thread (such attempts are budgeted per loop iteration, see
+    /// `Epoll::inline_budget`).
+    fn tries_nonblocking(&self) -> bool {
+        false
+    }
 
     /// Checks the op's arguments before it is submitted; an error here
     /// resolves the op at once.
@@ -345,6 +363,21 @@ impl<T: OpCode> Op<T> {
                         }
                         Backends::Epoll(e) => match data.mode() {
                             Mode::Blocking => {
+                                if data.tries_nonblocking() {
+                                    if !e.inline_budget() {
+                                        // Enough ops finished on the loop
+                                        // thread since it last looked at
+                                        // I/O: let the others run first.
+                                        drop(inner);
+                                        cx.waker().wake_by_ref();
+                                        return Poll::Pending;
+                                    }
+                                    if let Some(res) = data.try_nonblocking() {
+                                        drop(inner);
+                                        driver.bump(|s| s.nonblocking_ops += 1);
+                                        return Poll::Ready(self.finish(res, 0));
+                                    }
+                                }
                                 // A pool thread gets a pointer to the data:
                                 // it must not move from here on.
                                 let boxed = match self.data.take().expect("op data") {

@@ -136,8 +136,13 @@ pub(crate) struct Read<B> {
     socket: bool,
     /// A stream socket: a short read means it was drained.
     stream: bool,
-    /// The socket's registered-file slot, if it has one.
+    /// The fd's registered-file slot, if it has one.
     fixed: Option<FixedFd>,
+    /// A positioned read from a regular file not opened with `O_DIRECT`:
+    /// on epoll it first tries `preadv2(RWF_NOWAIT)` on the loop thread.
+    nowait: bool,
+    /// Bytes that attempt read (the pool reads the rest).
+    pre: usize,
 }
 
 impl<B: IoBufMut> Read<B> {
@@ -153,10 +158,20 @@ impl<B: IoBufMut> Read<B> {
             socket,
             stream: false,
             fixed: None,
+            nowait: false,
+            pre: 0,
         }
     }
 
-    /// Names the socket by its registered-file slot on io_uring.
+    /// Marks a positioned read from a buffered (not `O_DIRECT`) file: the
+    /// epoll backend may serve it from the page cache on the loop thread.
+    /// (An `O_DIRECT` read with `RWF_NOWAIT` still waits for the device.)
+    pub(crate) fn nowait(mut self, on: bool) -> Read<B> {
+        self.nowait = on && !self.socket && self.offset.is_some();
+        self
+    }
+
+    /// Names the fd by its registered-file slot on io_uring.
     pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Read<B> {
         self.fixed = fixed;
         self
@@ -196,9 +211,13 @@ impl<B: IoBufMut> OpCode for Read<B> {
             )
             .build())
         } else {
-            opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
-                .offset(self.offset.unwrap_or(u64::MAX))
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Read::new(
+                t,
+                self.ptr,
+                self.len as u32
+            )
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build())
         }
     }
 
@@ -206,7 +225,52 @@ impl<B: IoBufMut> OpCode for Read<B> {
         rw_mode(self.fd, self.socket, self.offset, false)
     }
 
+    fn tries_nonblocking(&self) -> bool {
+        self.nowait
+    }
+
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        let off = self.offset.filter(|_| self.nowait)?;
+        let iov = libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        };
+        // SAFETY: the iovec describes the buffer's spare capacity, owned by
+        // this op; RWF_NOWAIT returns EAGAIN rather than wait for I/O.
+        let r = unsafe { libc::preadv2(self.fd, &iov, 1, off as libc::off_t, libc::RWF_NOWAIT) };
+        match r {
+            // Not all of it was cached (or this is the end of the file): the
+            // pool reads the rest, as one pread would have.
+            n if n > 0 && (n as usize) < self.len => {
+                self.pre = n as usize;
+                None
+            }
+            // All of it, or end of file at `off`.
+            n if n >= 0 => Some(Ok(n as usize)),
+            // EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here) or any
+            // error: the pool's plain pread gives the answer.
+            _ => None,
+        }
+    }
+
     fn perform(&mut self) -> io::Result<usize> {
+        let pre = self.pre;
+        if pre > 0 {
+            let off = self.offset.unwrap_or(0) + pre as u64;
+            // SAFETY: the rest of the buffer's spare capacity, owned by
+            // this op for the duration.
+            let r = unsafe {
+                libc::pread(
+                    self.fd,
+                    self.ptr.add(pre).cast(),
+                    self.len - pre,
+                    off as libc::off_t,
+                )
+            };
+            // An error after some bytes were read reports those bytes, as a
+            // single pread would.
+            return Ok(pre + cvt(r).unwrap_or(0));
+        }
         // SAFETY: ptr/len describe the buffer's spare capacity, owned by this
         // op for the duration.
         let r = unsafe {
@@ -242,7 +306,7 @@ pub(crate) struct Write<B> {
     len: usize,
     offset: Option<u64>,
     socket: bool,
-    /// The socket's registered-file slot, if it has one.
+    /// The fd's registered-file slot, if it has one.
     fixed: Option<FixedFd>,
 }
 
@@ -261,7 +325,7 @@ impl<B: IoBuf> Write<B> {
         }
     }
 
-    /// Names the socket by its registered-file slot on io_uring.
+    /// Names the fd by its registered-file slot on io_uring.
     pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> Write<B> {
         self.fixed = fixed;
         self
@@ -292,9 +356,13 @@ impl<B: IoBuf> OpCode for Write<B> {
             .flags(libc::MSG_NOSIGNAL)
             .build())
         } else {
-            opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
-                .offset(self.offset.unwrap_or(u64::MAX))
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Write::new(
+                t,
+                self.ptr,
+                self.len as u32
+            )
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build())
         }
     }
 
@@ -328,6 +396,8 @@ pub(crate) struct ReadV<B> {
     iov: Vec<libc::iovec>,
     offset: Option<u64>,
     socket: bool,
+    /// The file's registered-file slot, if it has one.
+    fixed: Option<FixedFd>,
 }
 
 impl<B: IoBufMut> ReadV<B> {
@@ -348,7 +418,14 @@ impl<B: IoBufMut> ReadV<B> {
             iov,
             offset,
             socket,
+            fixed: None,
         }
+    }
+
+    /// Names the fd by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> ReadV<B> {
+        self.fixed = fixed;
+        self
     }
 }
 
@@ -363,10 +440,18 @@ impl<B: IoBufMut> OpCode for ReadV<B> {
         self.offset.map_or(Ok(()), check_offset)
     }
 
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
+
     fn sqe(&mut self) -> squeue::Entry {
-        opcode::Readv::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
-            .offset(self.offset.unwrap_or(u64::MAX))
-            .build()
+        on_target!(self.fixed, self.fd, |t| opcode::Readv::new(
+            t,
+            self.iov.as_ptr(),
+            self.iov.len() as u32
+        )
+        .offset(self.offset.unwrap_or(u64::MAX))
+        .build())
     }
 
     fn mode(&self) -> Mode {
@@ -413,6 +498,8 @@ pub(crate) struct WriteV<B> {
     msg: libc::msghdr,
     offset: Option<u64>,
     socket: bool,
+    /// The file's registered-file slot, if it has one (files only).
+    fixed: Option<FixedFd>,
 }
 
 impl<B: IoBuf> WriteV<B> {
@@ -435,7 +522,14 @@ impl<B: IoBuf> WriteV<B> {
             msg: unsafe { mem::zeroed() },
             offset,
             socket,
+            fixed: None,
         }
+    }
+
+    /// Names the fd by its registered-file slot on io_uring.
+    pub(crate) fn fixed(mut self, fixed: Option<FixedFd>) -> WriteV<B> {
+        self.fixed = fixed;
+        self
     }
 
     fn fill_msg(&mut self) {
@@ -446,6 +540,10 @@ impl<B: IoBuf> WriteV<B> {
 
 impl<B: IoBuf> OpCode for WriteV<B> {
     type Output = crate::buf::BufResult<usize, Vec<B>>;
+
+    fn bind_fixed(&mut self, driver: &Driver) {
+        self.fixed = FixedFd::on(self.fixed, driver);
+    }
 
     fn check(&self) -> io::Result<()> {
         self.offset.map_or(Ok(()), check_offset)
@@ -458,9 +556,13 @@ impl<B: IoBuf> OpCode for WriteV<B> {
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
         } else {
-            opcode::Writev::new(types::Fd(self.fd), self.iov.as_ptr(), self.iov.len() as u32)
-                .offset(self.offset.unwrap_or(u64::MAX))
-                .build()
+            on_target!(self.fixed, self.fd, |t| opcode::Writev::new(
+                t,
+                self.iov.as_ptr(),
+                self.iov.len() as u32
+            )
+            .offset(self.offset.unwrap_or(u64::MAX))
+            .build())
         }
     }
 

@@ -424,6 +424,18 @@ impl Uring {
     /// submitted hold their own reference; unsubmitted ones of a dropped
     /// socket cannot exist (dropped ops leave `pending`).
     pub(crate) fn unregister_file(&mut self, slot: u32) {
+        // An op whose future was leaked (`mem::forget`) rather than dropped
+        // may still hold an SQE naming the slot: hand such SQEs to the
+        // kernel first (it takes its own reference at submission), so none
+        // can reach the slot once it holds another file.
+        if self.pending.iter().any(Option::is_some) {
+            self.flush();
+        }
+        if !self.ring.submission().is_empty() {
+            if let Err(e) = self.ring.submit() {
+                log::debug!("uringio: submitting before emptying slot {slot}: {e}");
+            }
+        }
         if let Err(e) = self.ring.submitter().register_files_update(slot, &[-1]) {
             // Keep the slot out of circulation: it may still hold a file.
             log::warn!("uringio: emptying registered-file slot {slot}: {e}");

@@ -1,0 +1,604 @@
+//! File I/O benchmark: 4 KiB positioned ops at queue depth 32 on one
+//! pinned core, uringio (io_uring and epoll) against tokio
+//! `current_thread` (`spawn_blocking` + `pread`/`pwrite`, as tokio users
+//! do: `tokio::fs::File` has no positioned read), monoio 0.2.4 (io_uring
+//! driver, `File::read_at`), and fio's own io_uring engine when `fio` is
+//! installed (skipped otherwise).
+//!
+//! Workloads (buffered, on a file filled with data and read once so it
+//! sits in the page cache):
+//! - `randread`: 4 KiB random reads, 32 in flight;
+//! - `randwrite+fsync`: 4 KiB random writes, 32 in flight, an `fsync`
+//!   after every `FILEIO_FSYNC` (default 32) writes, as fio's `fsync=N`.
+//!
+//! uringio registers the file (`File::register`, as fio's
+//! `registerfiles`). fio runs with its best io_uring settings on the same
+//! core (`ioengine=io_uring`, `iodepth=32`, `fixedbufs`, `registerfiles`,
+//! no SQPOLL, no polled I/O, `cpus_allowed=0`, and `invalidate=0`: by
+//! default fio drops the file's page cache first), twice per round: default
+//! batching and `iodepth_batch_submit=32`/`iodepth_batch_complete_max=32`;
+//! "fio best" is the better of the two in each round.
+//!
+//! CPU per op is counted over every thread of the process
+//! (`CLOCK_PROCESS_CPUTIME_ID`): io_uring's io-wq workers, the epoll
+//! backend's pool and tokio's blocking pool are threads of the process.
+//! For fio it is `getrusage(RUSAGE_CHILDREN)` across the run (every thread
+//! of the fio process, its set-up included), not fio's own figure (which
+//! leaves io-wq workers out).
+//!
+//! Contenders run round-robin for `FILEIO_ROUNDS` rounds (default 5), each
+//! `FILEIO_SECS` seconds (default 2); the tables give medians and medians
+//! of per-round ratios. `FILEIO_SIZE` (bytes, default 1 GiB) sizes the
+//! file, `FILEIO_FILE` places it (default in the temp dir; removed at the
+//! end unless `FILEIO_KEEP=1`). `FILEIO_DIRECT=1` asks for the O_DIRECT
+//! rows, which need `buf::AlignedBuf` (not wired in this build: the bench
+//! says so). `FILEIO_QUIET` (seconds, default 3) waits for the machine to
+//! be quiet before each run.
+//!
+//! ```text
+//! flock /work/bench.lock cargo bench --bench fileio
+//! ```
+
+mod common;
+use common::*;
+
+use std::cell::Cell;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uringio::{Backend, Runner};
+
+const BS: usize = 4096;
+const QD: usize = 32;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Who {
+    Uring,
+    Epoll,
+    Tokio,
+    Monoio,
+    Fio,
+    FioBatch,
+}
+
+impl Who {
+    fn name(self) -> &'static str {
+        match self {
+            Who::Uring => "uringio io_uring",
+            Who::Epoll => "uringio epoll",
+            Who::Tokio => "tokio current_thread",
+            Who::Monoio => "monoio io_uring",
+            Who::Fio => "fio io_uring",
+            Who::FioBatch => "fio io_uring batch 32",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Work {
+    RandRead,
+    RandWriteFsync(u64),
+}
+
+impl Work {
+    fn label(self) -> String {
+        match self {
+            Work::RandRead => "buffered 4 KiB randread, qd 32".into(),
+            Work::RandWriteFsync(n) => {
+                format!("buffered 4 KiB randwrite, qd 32, fsync every {n} writes")
+            }
+        }
+    }
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    iops: f64,
+    cpu_ns_per_op: f64,
+}
+
+struct Setup {
+    path: PathBuf,
+    size: u64,
+    secs: f64,
+}
+
+impl Setup {
+    fn blocks(&self) -> u64 {
+        self.size / BS as u64
+    }
+}
+
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a valid timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn children_cpu() -> Duration {
+    // SAFETY: rusage is plain data; a valid out pointer.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn next_rand(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// Counts ops and tells tasks when to stop and when to fsync.
+struct Counter {
+    ops: Cell<u64>,
+    writes: Cell<u64>,
+}
+
+impl Counter {
+    fn new() -> Rc<Counter> {
+        Rc::new(Counter {
+            ops: Cell::new(0),
+            writes: Cell::new(0),
+        })
+    }
+
+    /// One op done; whether an fsync is due now (every `n` writes).
+    fn done(&self, fsync_every: Option<u64>) -> bool {
+        self.ops.set(self.ops.get() + 1);
+        match fsync_every {
+            Some(n) => {
+                let w = self.writes.get() + 1;
+                self.writes.set(w);
+                w % n == 0
+            }
+            None => false,
+        }
+    }
+}
+
+fn finish(ops: u64, wall: Duration, cpu: Duration) -> Run {
+    Run {
+        iops: ops as f64 / wall.as_secs_f64(),
+        cpu_ns_per_op: cpu.as_nanos() as f64 / ops.max(1) as f64,
+    }
+}
+
+fn fsync_of(w: Work) -> Option<u64> {
+    match w {
+        Work::RandRead => None,
+        Work::RandWriteFsync(n) => Some(n),
+    }
+}
+
+fn uringio_run(b: Backend, s: &Setup, w: Work) -> Run {
+    let mut rt = Runner::builder().backend(b).build().expect("uringio loop");
+    rt.run(async {
+        let f = uringio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&s.path)
+            .await
+            .expect("open");
+        let f = Rc::new(f.register());
+        let c = Counter::new();
+        let blocks = s.blocks();
+        let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
+        let cpu0 = process_cpu();
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..QD as u64)
+            .map(|i| {
+                let (f, c) = (f.clone(), c.clone());
+                uringio::spawn(async move {
+                    let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    let mut buf = if w == Work::RandRead {
+                        Vec::with_capacity(BS)
+                    } else {
+                        vec![0x5a; BS]
+                    };
+                    while Instant::now() < deadline {
+                        let pos = (next_rand(&mut x) % blocks) * BS as u64;
+                        let (res, b) = if w == Work::RandRead {
+                            buf.clear();
+                            f.read_at(buf, pos).await
+                        } else {
+                            f.write_at(buf, pos).await
+                        };
+                        buf = b;
+                        assert_eq!(res.expect("uringio op"), BS);
+                        if c.done(fsync_of(w)) {
+                            f.sync_all().await.expect("fsync");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        finish(c.ops.get(), t0.elapsed(), process_cpu() - cpu0)
+    })
+}
+
+fn tokio_run(s: &Setup, w: Work) -> Run {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let file = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&s.path)
+            .expect("open"),
+    );
+    let blocks = s.blocks();
+    let secs = s.secs;
+    rt.block_on(async move {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async move {
+                let c = Counter::new();
+                let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                let cpu0 = process_cpu();
+                let t0 = Instant::now();
+                let tasks: Vec<_> = (0..QD as u64)
+                    .map(|i| {
+                        let (f, c) = (file.clone(), c.clone());
+                        tokio::task::spawn_local(async move {
+                            let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                            let mut buf = vec![0x5a; BS];
+                            while Instant::now() < deadline {
+                                let pos = (next_rand(&mut x) % blocks) * BS as u64;
+                                let f2 = f.clone();
+                                let (n, b) = tokio::task::spawn_blocking(move || {
+                                    let n = if w == Work::RandRead {
+                                        f2.read_at(&mut buf, pos)
+                                    } else {
+                                        f2.write_at(&buf, pos)
+                                    };
+                                    (n, buf)
+                                })
+                                .await
+                                .expect("blocking task");
+                                buf = b;
+                                assert_eq!(n.expect("tokio op"), BS);
+                                if c.done(fsync_of(w)) {
+                                    let f2 = f.clone();
+                                    tokio::task::spawn_blocking(move || f2.sync_all())
+                                        .await
+                                        .expect("blocking task")
+                                        .expect("fsync");
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.expect("task");
+                }
+                finish(c.ops.get(), t0.elapsed(), process_cpu() - cpu0)
+            })
+            .await
+    })
+}
+
+fn monoio_run(s: &Setup, w: Work) -> Run {
+    let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("monoio runtime");
+    rt.block_on(async {
+        let f = monoio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&s.path)
+            .await
+            .expect("open");
+        let f = Rc::new(f);
+        let c = Counter::new();
+        let blocks = s.blocks();
+        let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
+        let cpu0 = process_cpu();
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..QD as u64)
+            .map(|i| {
+                let (f, c) = (f.clone(), c.clone());
+                monoio::spawn(async move {
+                    let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    let mut buf = if w == Work::RandRead {
+                        Vec::with_capacity(BS)
+                    } else {
+                        vec![0x5a; BS]
+                    };
+                    while Instant::now() < deadline {
+                        let pos = (next_rand(&mut x) % blocks) * BS as u64;
+                        let (res, b) = if w == Work::RandRead {
+                            buf.clear();
+                            f.read_at(buf, pos).await
+                        } else {
+                            f.write_at(buf, pos).await
+                        };
+                        buf = b;
+                        assert_eq!(res.expect("monoio op"), BS);
+                        if c.done(fsync_of(w)) {
+                            f.sync_all().await.expect("fsync");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await;
+        }
+        finish(c.ops.get(), t0.elapsed(), process_cpu() - cpu0)
+    })
+}
+
+fn fio_installed() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The number after `"key" :` following `from` in fio's JSON.
+fn json_num(s: &str, from: usize, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\" : ");
+    let i = s[from..].find(&pat)? + from + pat.len();
+    let end = s[i..].find([',', '\n', '}']).map_or(s.len(), |e| i + e);
+    s[i..end].trim().parse().ok()
+}
+
+fn fio_run(s: &Setup, w: Work, batch: bool) -> Option<Run> {
+    let rw = match w {
+        Work::RandRead => "randread",
+        Work::RandWriteFsync(_) => "randwrite",
+    };
+    let mut cmd = Command::new("fio");
+    cmd.args([
+        "--name=fileio",
+        &format!("--filename={}", s.path.display()),
+        &format!("--rw={rw}"),
+        "--bs=4k",
+        "--iodepth=32",
+        "--ioengine=io_uring",
+        "--fixedbufs",
+        "--registerfiles",
+        "--sqthread_poll=0",
+        "--hipri=0",
+        "--direct=0",
+        // fio drops the file's page cache before a run by default: the
+        // reads would come from the disk (and the next contender's too).
+        "--invalidate=0",
+        "--cpus_allowed=0",
+        "--norandommap",
+        "--randrepeat=0",
+        "--time_based",
+        &format!("--runtime={}ms", (s.secs * 1000.0) as u64),
+        &format!("--size={}", s.size),
+        "--output-format=json",
+    ]);
+    if let Some(n) = fsync_of(w) {
+        cmd.arg(format!("--fsync={n}"));
+    }
+    if batch {
+        cmd.args([
+            "--iodepth_batch_submit=32",
+            "--iodepth_batch_complete_max=32",
+        ]);
+    }
+    let cpu0 = children_cpu();
+    let out = cmd.output().ok()?;
+    let cpu = children_cpu() - cpu0;
+    if !out.status.success() {
+        eprintln!(
+            "  fio failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    let js = String::from_utf8_lossy(&out.stdout);
+    let sec = js.find(if w == Work::RandRead {
+        "\"read\" : {"
+    } else {
+        "\"write\" : {"
+    })?;
+    let iops = json_num(&js, sec, "iops")?;
+    let ios = json_num(&js, sec, "total_ios")?;
+    Some(Run {
+        iops,
+        cpu_ns_per_op: cpu.as_nanos() as f64 / ios.max(1.0),
+    })
+}
+
+/// Makes `path` `size` bytes of non-zero data, then reads it once so it
+/// is in the page cache.
+fn prepare(path: &Path, size: u64) {
+    let ok = std::fs::metadata(path).is_ok_and(|m| m.len() == size);
+    if !ok {
+        eprintln!("fileio: writing {} ({} MiB)", path.display(), size >> 20);
+        let f = std::fs::File::create(path).expect("create the bench file");
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut pos = 0;
+        while pos < size {
+            for w in chunk.chunks_mut(8) {
+                w.copy_from_slice(&next_rand(&mut x).to_le_bytes());
+            }
+            let n = (chunk.len() as u64).min(size - pos) as usize;
+            f.write_all_at(&chunk[..n], pos).expect("fill");
+            pos += n as u64;
+        }
+        f.sync_all().expect("fsync");
+    }
+    let f = std::fs::File::open(path).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < size {
+        let n = f.read_at(&mut buf, pos).expect("warm the cache");
+        if n == 0 {
+            break;
+        }
+        pos += n as u64;
+    }
+}
+
+fn main() {
+    pin_to(0);
+    let rounds: usize = env_num("FILEIO_ROUNDS", 5usize).max(1);
+    let secs: f64 = env_num("FILEIO_SECS", 2.0f64);
+    let size: u64 = env_num("FILEIO_SIZE", 1u64 << 30);
+    let size = (size / BS as u64).max(QD as u64) * BS as u64;
+    let fsync_n: u64 = env_num("FILEIO_FSYNC", 32u64).max(1);
+    let quiet = Duration::from_secs(env_num("FILEIO_QUIET", 3u64));
+    let path = std::env::var_os("FILEIO_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("uringio-fileio-{size}.bin")));
+    if std::env::var("FILEIO_DIRECT").is_ok_and(|v| v == "1") {
+        println!(
+            "fileio: FILEIO_DIRECT=1: the O_DIRECT rows need buf::AlignedBuf, not in this \
+             build; skipped"
+        );
+    }
+    let setup = Setup {
+        path: path.clone(),
+        size,
+        secs,
+    };
+    prepare(&path, size);
+    let fio = fio_installed();
+    if !fio {
+        println!("fileio: `fio` is not installed: its rows are skipped");
+    }
+    println!(
+        "fileio: {rounds} rounds of {secs} s, file {} MiB, 4 KiB ops, qd 32, CPU 0",
+        size >> 20
+    );
+    let works = [Work::RandRead, Work::RandWriteFsync(fsync_n)];
+    for w in works {
+        let mut who = vec![Who::Uring, Who::Epoll, Who::Tokio, Who::Monoio];
+        if fio {
+            who.extend([Who::Fio, Who::FioBatch]);
+        }
+        // runs[who][round]
+        let mut runs: Vec<Vec<Option<Run>>> = vec![Vec::new(); who.len()];
+        for round in 0..rounds {
+            // Each round starts with the whole file in the page cache and
+            // nothing dirty (not measured).
+            let _ = std::fs::File::open(&path).and_then(|f| f.sync_all());
+            prepare(&path, size);
+            for i in 0..who.len() {
+                let idx = (i + round) % who.len();
+                wait_for_quiet(quiet);
+                let r = match who[idx] {
+                    Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w)),
+                    Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w)),
+                    Who::Tokio => Some(tokio_run(&setup, w)),
+                    Who::Monoio => Some(monoio_run(&setup, w)),
+                    Who::Fio => fio_run(&setup, w, false),
+                    Who::FioBatch => fio_run(&setup, w, true),
+                };
+                match r {
+                    Some(r) => eprintln!(
+                        "  {}  round {}  {:<22} {:>9.0} IOPS {:>7.0} ns CPU/op",
+                        w.label(),
+                        round + 1,
+                        who[idx].name(),
+                        r.iops,
+                        r.cpu_ns_per_op
+                    ),
+                    None => eprintln!(
+                        "  {}  round {}  {:<22} failed",
+                        w.label(),
+                        round + 1,
+                        who[idx].name()
+                    ),
+                }
+                runs[idx].push(r);
+            }
+        }
+        report(w, &who, &runs);
+    }
+    if std::env::var("FILEIO_KEEP").map_or(true, |v| v != "1") {
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
+    let rounds = runs[0].len();
+    let pos = |x: Who| who.iter().position(|&y| y == x);
+    // "fio best": per round, the better fio variant.
+    let fio_best: Vec<Option<Run>> = (0..rounds)
+        .map(|r| {
+            [pos(Who::Fio), pos(Who::FioBatch)]
+                .into_iter()
+                .flatten()
+                .filter_map(|i| runs[i][r])
+                .max_by(|a, b| a.iops.total_cmp(&b.iops))
+        })
+        .collect();
+    let iops_of = |v: &[Option<Run>]| median(v.iter().flatten().map(|r| r.iops).collect());
+    let cpu_of = |v: &[Option<Run>]| median(v.iter().flatten().map(|r| r.cpu_ns_per_op).collect());
+    println!();
+    println!("{}", w.label());
+    println!("| runtime | IOPS (median) | CPU ns/op, all threads (median) |");
+    println!("|---|---|---|");
+    for (i, x) in who.iter().enumerate() {
+        println!(
+            "| {} | {:.0} | {:.0} |",
+            x.name(),
+            iops_of(&runs[i]),
+            cpu_of(&runs[i])
+        );
+    }
+    if pos(Who::Fio).is_some() {
+        println!(
+            "| fio best (per round) | {:.0} | {:.0} |",
+            iops_of(&fio_best),
+            cpu_of(&fio_best)
+        );
+    }
+    let ratio = |a: &[Option<Run>], b: &[Option<Run>]| -> (f64, Vec<f64>) {
+        let per: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter_map(|(x, y)| Some(x.as_ref()?.iops / y.as_ref()?.iops))
+            .collect();
+        (median(per.clone()), per)
+    };
+    println!();
+    println!("| ratio (IOPS) | median of per-round ratios | per round |");
+    println!("|---|---|---|");
+    let u = &runs[pos(Who::Uring).unwrap()];
+    let e = &runs[pos(Who::Epoll).unwrap()];
+    let t = &runs[pos(Who::Tokio).unwrap()];
+    let m = &runs[pos(Who::Monoio).unwrap()];
+    type Pair<'a> = (&'a str, &'a [Option<Run>], &'a [Option<Run>]);
+    let mut pairs: Vec<Pair> = vec![
+        ("uringio io_uring ÷ monoio", u, m),
+        ("uringio io_uring ÷ tokio", u, t),
+        ("uringio epoll ÷ tokio", e, t),
+    ];
+    if pos(Who::Fio).is_some() {
+        pairs.push(("uringio io_uring ÷ fio best", u, &fio_best));
+        pairs.push(("monoio ÷ fio best", m, &fio_best));
+    }
+    for (label, a, b) in pairs {
+        let (med, per) = ratio(a, b);
+        let per: Vec<String> = per.iter().map(|r| format!("{r:.2}")).collect();
+        println!("| {label} | {med:.2} | {} |", per.join(" "));
+    }
+}
