@@ -1,0 +1,443 @@
+//! HTTP benchmark: the `http_hello` example (uringio, io_uring and epoll)
+//! against `http_hello_tokio` (the same server written the tokio way:
+//! `current_thread`, `TcpListener`, a task per connection, `read_buf` into
+//! a `Vec`, `write_all`; same response, same parser), each its own process,
+//! loaded by `loadgen http` (also its own process). Same run, round-robin.
+//!
+//! Default mode (`HTTP_MODE=compare`): each server runs one core pinned to
+//! CPU 0 (`--cores 1 --pin`); `loadgen` (a uringio io_uring loop) runs
+//! pinned to CPU 1. For each connection count (`HTTP_CONNS`, default
+//! `64,256`) a closed loop (every connection sends its next request when
+//! the previous answer is in), then one paced run at 64 connections at
+//! the same request rate for every server (`HTTP_RATE`, default half the
+//! slowest server's closed-loop median), so CPU per request is compared
+//! at equal load. Reported: requests/s, latency p50/p99 (from loadgen),
+//! the server process's CPU time per request (`/proc/PID/stat`, every
+//! thread, over loadgen's measured window), loadgen's own CPU per request,
+//! and the first two as medians of per-round ratios to tokio.
+//!
+//! `HTTP_MODE=scaling`: 1 core against 2 on this machine: `http_hello`
+//! (io_uring), `http_hello_tokio` and `tcp_proxy` (io_uring, in front of
+//! `echo_server`, loaded by `loadgen echo` with 1 KiB ping-pongs) at
+//! `--cores 1` (server pinned to CPU 0, load pinned to CPU 1) and
+//! `--cores 2 --pin` (server threads on CPU 0 and 1, load unpinned: it
+//! shares both CPUs with the server). Reported: throughput, server CPU
+//! per message, load CPU per message, and ratios to the 1-core run.
+//!
+//! Environment:
+//! - `HTTP_SECS` seconds measured per run (default 3; loadgen adds 0.5 s
+//!   warm-up)
+//! - `HTTP_ROUNDS` rounds (default 5)
+//! - `HTTP_CONNS` comma-separated connection counts (default `64,256`)
+//! - `HTTP_RATE` requests/s of the paced run (`0` to skip it)
+//! - `HTTP_ONLY` comma-separated subset of `uring,epoll,tokio`
+//! - `HTTP_QUIET_WAIT` seconds to wait before each run for other processes
+//!   to use under 0.1 CPU (default 5; 0 to not wait)
+//!
+//! The examples must be built first:
+//! ```text
+//! cargo build --release --examples && cargo bench --bench http
+//! HTTP_MODE=scaling cargo bench --bench http
+//! ```
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SERVER_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Uring,
+    Epoll,
+    Tokio,
+    /// `tcp_proxy` (io_uring) in front of `echo_server`.
+    Proxy,
+}
+
+impl Kind {
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Uring => "uring",
+            Kind::Epoll => "epoll",
+            Kind::Tokio => "tokio",
+            Kind::Proxy => "proxy",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Uring => "uringio http_hello, io_uring",
+            Kind::Epoll => "uringio http_hello, epoll",
+            Kind::Tokio => "tokio http_hello_tokio",
+            Kind::Proxy => "uringio tcp_proxy, io_uring (1 KiB echo)",
+        }
+    }
+}
+
+/// An example binary, built and not older than its source.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join("examples").join(name);
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
+    let built = std::fs::metadata(&p).and_then(|m| m.modified());
+    let edited = std::fs::metadata(&src)
+        .and_then(|m| m.modified())
+        .expect("example source");
+    match built {
+        Ok(t) if t >= edited => p,
+        _ => panic!(
+            "{} is missing or older than its source: run `cargo build --release --examples` first",
+            p.display()
+        ),
+    }
+}
+
+/// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `bin args`, waits for its `listening on ADDR` line.
+fn start(bin: &str, args: &[String]) -> (Proc, String) {
+    let mut child = Command::new(example(bin))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let p = Proc(child);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if out.read_line(&mut line).expect("read server stdout") == 0 {
+            panic!("{bin} exited before listening");
+        }
+        if let Some(rest) = line.trim().strip_prefix("listening on ") {
+            let addr = rest.split_whitespace().next().expect("address").to_string();
+            // Keep draining its stdout so it never blocks on a full pipe.
+            std::thread::spawn(move || {
+                let mut sink = String::new();
+                while out.read_line(&mut sink).unwrap_or(0) > 0 {
+                    sink.clear();
+                }
+            });
+            return (p, addr);
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    server_ns: f64,
+    load_ns: f64,
+}
+
+fn field(line: &str, before: &str) -> f64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == before)
+        .and_then(|i| words.get(i + 1))
+        .map(|v| v.trim_end_matches("us"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {before:?} in loadgen output: {line}"))
+}
+
+fn field_after(line: &str, value_then: &str) -> f64 {
+    // "<value> req/s": the word before `value_then`.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == value_then)
+        .and_then(|i| i.checked_sub(1))
+        .and_then(|i| words[i].parse().ok())
+        .unwrap_or_else(|| panic!("no {value_then:?} in loadgen output: {line}"))
+}
+
+struct Settings {
+    secs: f64,
+    quiet_wait: Duration,
+}
+
+/// Runs `kind` on `cores` cores under one loadgen run.
+fn run_one(kind: Kind, cores: usize, conns: usize, rate: Option<f64>, s: &Settings) -> Sample {
+    wait_for_quiet(s.quiet_wait);
+    let spread = cores > 1;
+    // The load side (loadgen, and the proxy's echo backend) runs where
+    // this thread is allowed to: CPU 1, or every CPU when the server
+    // spreads over all of them. The servers pin their own threads.
+    if spread {
+        unpin();
+    } else {
+        pin_to(LOAD_CPU);
+    }
+    let c = cores.to_string();
+    let mut server_args = vec![
+        "127.0.0.1:0".to_string(),
+        "--cores".into(),
+        c,
+        "--pin".into(),
+    ];
+    let mut _backend = None;
+    let (bin, mode) = match kind {
+        Kind::Uring => ("http_hello", "http"),
+        Kind::Epoll => ("http_hello", "http"),
+        Kind::Tokio => ("http_hello_tokio", "http"),
+        Kind::Proxy => ("tcp_proxy", "echo"),
+    };
+    match kind {
+        Kind::Uring => server_args.extend(["--backend".into(), "io_uring".into()]),
+        Kind::Epoll => server_args.extend(["--backend".into(), "epoll".into()]),
+        Kind::Tokio => {}
+        Kind::Proxy => {
+            let (p, up) = start(
+                "echo_server",
+                &["127.0.0.1:0".into(), "--backend".into(), "io_uring".into()],
+            );
+            _backend = Some(p);
+            server_args.insert(1, up);
+            server_args.extend(["--backend".into(), "io_uring".into()]);
+        }
+    }
+    let (server, addr) = start(bin, &server_args);
+    debug_assert!(SERVER_CPU == 0, "the servers' --pin puts core 0 on CPU 0");
+    let mut cmd = Command::new(example("loadgen"));
+    cmd.args([
+        mode,
+        &addr,
+        "--conns",
+        &conns.to_string(),
+        "--size",
+        "1024",
+        "--secs",
+        &s.secs.to_string(),
+        "--server-pid",
+        &server.0.id().to_string(),
+        "--backend",
+        "io_uring",
+    ]);
+    if let Some(r) = rate {
+        cmd.args(["--rate", &format!("{r:.0}")]);
+    }
+    let out = cmd.output().expect("run loadgen");
+    drop(server);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() {
+        panic!(
+            "loadgen failed: {line} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let unit = if mode == "http" { "req/s" } else { "msgs/s" };
+    Sample {
+        per_sec: field_after(&line, unit),
+        p50_us: field(&line, "p50"),
+        p99_us: field(&line, "p99"),
+        server_ns: field(&line, "server_cpu"),
+        load_ns: field(&line, "client_cpu"),
+    }
+}
+
+fn ratio(a: &[Sample], b: &[Sample], f: fn(&Sample) -> f64) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect())
+}
+
+/// Runs every server `rounds` times (the first one rotating) and prints
+/// one table; returns the samples per server.
+fn compare(
+    kinds: &[Kind],
+    conns: usize,
+    rate: Option<f64>,
+    rounds: usize,
+    s: &Settings,
+) -> Vec<Vec<Sample>> {
+    let mut samples = vec![Vec::new(); kinds.len()];
+    for round in 0..rounds {
+        for i in 0..kinds.len() {
+            let idx = (i + round) % kinds.len();
+            let x = run_one(kinds[idx], 1, conns, rate, s);
+            eprintln!(
+                "  {conns:>4} conns{}  round {}  {:<32} {:>8.0} req/s  server {:>6.0} ns/req  \
+                 loadgen {:>6.0} ns/req  p50 {:>7.1} us  p99 {:>8.1} us",
+                rate.map_or(String::new(), |r| format!(" @{r:.0}/s")),
+                round + 1,
+                kinds[idx].name(),
+                x.per_sec,
+                x.server_ns,
+                x.load_ns,
+                x.p50_us,
+                x.p99_us
+            );
+            samples[idx].push(x);
+        }
+    }
+    let tokio = kinds.iter().position(|&k| k == Kind::Tokio);
+    println!();
+    println!(
+        "{conns} connections, {} (medians of {rounds}; ratios: medians of per-round ratios)",
+        match rate {
+            Some(r) => format!("paced at {r:.0} req/s"),
+            None => "closed loop".into(),
+        }
+    );
+    println!(
+        "| server | req/s | server CPU ns/req | req/s ÷ tokio | CPU ÷ tokio | p50 µs | p99 µs | loadgen CPU ns/req |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, k) in kinds.iter().enumerate() {
+        let med = |f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        let rt = |f: fn(&Sample) -> f64| {
+            tokio.map_or("-".into(), |t| {
+                format!("{:.2}", ratio(&samples[i], &samples[t], f))
+            })
+        };
+        println!(
+            "| {} | {:.0} | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} |",
+            k.name(),
+            med(|x| x.per_sec),
+            med(|x| x.server_ns),
+            rt(|x| x.per_sec),
+            rt(|x| x.server_ns),
+            med(|x| x.p50_us),
+            med(|x| x.p99_us),
+            med(|x| x.load_ns),
+        );
+    }
+    println!();
+    samples
+}
+
+/// 1 core against 2 for each server, round-robin.
+fn scaling(kinds: &[Kind], conns: usize, rounds: usize, s: &Settings) {
+    let runs: Vec<(Kind, usize)> = kinds.iter().flat_map(|&k| [(k, 1), (k, 2)]).collect();
+    let mut samples = vec![Vec::new(); runs.len()];
+    for round in 0..rounds {
+        for i in 0..runs.len() {
+            let idx = (i + round) % runs.len();
+            let (k, cores) = runs[idx];
+            let x = run_one(k, cores, conns, None, s);
+            eprintln!(
+                "  round {}  {:<40} {cores} core(s) {:>8.0} /s  server {:>6.0} ns/msg  \
+                 load {:>6.0} ns/msg  p99 {:>8.1} us",
+                round + 1,
+                k.name(),
+                x.per_sec,
+                x.server_ns,
+                x.load_ns,
+                x.p99_us
+            );
+            samples[idx].push(x);
+        }
+    }
+    println!();
+    println!(
+        "{conns} connections, closed loop, 1 core (server CPU 0, load CPU 1) against 2 \
+         (server on CPU 0 and 1, load unpinned); medians of {rounds}, ratios: medians of per-round ratios"
+    );
+    println!(
+        "| server | cores | msgs/s | server CPU ns/msg | load CPU ns/msg | msgs/s ÷ 1 core | server CPU/msg ÷ 1 core |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (i, &(k, cores)) in runs.iter().enumerate() {
+        let one = runs
+            .iter()
+            .position(|&(k1, c1)| k1 == k && c1 == 1)
+            .expect("1-core run");
+        let med = |f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        println!(
+            "| {} | {cores} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            k.name(),
+            med(|x| x.per_sec),
+            med(|x| x.server_ns),
+            med(|x| x.load_ns),
+            ratio(&samples[i], &samples[one], |x| x.per_sec),
+            ratio(&samples[i], &samples[one], |x| x.server_ns),
+        );
+    }
+    println!();
+}
+
+fn main() {
+    let s = Settings {
+        secs: env_num("HTTP_SECS", 3.0),
+        quiet_wait: Duration::from_secs_f64(env_num("HTTP_QUIET_WAIT", 5.0)),
+    };
+    let rounds: usize = env_num("HTTP_ROUNDS", 5usize).max(1);
+    let conns: Vec<usize> = std::env::var("HTTP_CONNS")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .expect("HTTP_CONNS: comma-separated counts")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![64, 256]);
+    let only = std::env::var("HTTP_ONLY")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let chosen = |k: &Kind| {
+        only.as_ref()
+            .is_none_or(|v| v.split(',').any(|x| x.trim() == k.key()))
+    };
+    let mode = std::env::var("HTTP_MODE").unwrap_or_else(|_| "compare".into());
+    println!(
+        "http: {}s measured per run (+0.5 s loadgen warm-up), {rounds} round(s); mode {mode}",
+        s.secs
+    );
+    match mode.as_str() {
+        "compare" => {
+            let kinds: Vec<Kind> = [Kind::Uring, Kind::Epoll, Kind::Tokio]
+                .into_iter()
+                .filter(chosen)
+                .collect();
+            let mut slowest = f64::INFINITY;
+            for &n in &conns {
+                let samples = compare(&kinds, n, None, rounds, &s);
+                for v in &samples {
+                    slowest = slowest.min(median(v.iter().map(|x| x.per_sec).collect()));
+                }
+            }
+            let rate: f64 = env_num("HTTP_RATE", (slowest / 2.0 / 1000.0).round() * 1000.0);
+            if rate > 0.0 {
+                compare(&kinds, 64, Some(rate), rounds, &s);
+            }
+        }
+        "scaling" => {
+            let kinds: Vec<Kind> = [Kind::Uring, Kind::Tokio, Kind::Proxy]
+                .into_iter()
+                .filter(|k| only.is_none() || chosen(k))
+                .collect();
+            scaling(&kinds, conns[0], rounds, &s);
+        }
+        m => panic!("HTTP_MODE={m:?}: compare or scaling"),
+    }
+}
