@@ -30,7 +30,8 @@
 //! - `HTTP_ROUNDS` rounds (default 5)
 //! - `HTTP_CONNS` comma-separated connection counts (default `64,256`)
 //! - `HTTP_RATE` requests/s of the paced run (`0` to skip it)
-//! - `HTTP_ONLY` comma-separated subset of `uring,epoll,tokio`
+//! - `HTTP_ONLY` comma-separated subset of `uring,epoll,tokio,raw-uring`
+//!   (`raw-uring`, the floor, runs only when named)
 //! - `HTTP_QUIET_WAIT` seconds to wait before each run for other processes
 //!   to use under 0.1 CPU (default 5; 0 to not wait)
 //!
@@ -42,6 +43,9 @@
 
 mod common;
 use common::*;
+
+#[path = "../examples/support/http_parse.rs"]
+mod http_parse;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -58,6 +62,9 @@ enum Kind {
     Tokio,
     /// `tcp_proxy` (io_uring) in front of `echo_server`.
     Proxy,
+    /// The floor: a bare io_uring responder, no runtime (this bench's
+    /// binary, re-run as `HTTP_SERVE=raw`).
+    Raw,
 }
 
 impl Kind {
@@ -67,6 +74,7 @@ impl Kind {
             Kind::Epoll => "epoll",
             Kind::Tokio => "tokio",
             Kind::Proxy => "proxy",
+            Kind::Raw => "raw-uring",
         }
     }
 
@@ -76,6 +84,7 @@ impl Kind {
             Kind::Epoll => "uringio http_hello, epoll",
             Kind::Tokio => "tokio http_hello_tokio",
             Kind::Proxy => "uringio tcp_proxy, io_uring (1 KiB echo)",
+            Kind::Raw => "bare io_uring, no runtime (floor)",
         }
     }
 }
@@ -117,10 +126,17 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `bin args`, waits for its `listening on ADDR` line.
+/// Starts `bin args` (an example, or this bench's own binary for
+/// `"self"`), waits for its `listening on ADDR` line.
 fn start(bin: &str, args: &[String]) -> (Proc, String) {
-    let mut child = Command::new(example(bin))
+    let path = if bin == "self" {
+        std::env::current_exe().expect("current_exe")
+    } else {
+        example(bin)
+    };
+    let mut child = Command::new(path)
         .args(args)
+        .env("HTTP_SERVE", if bin == "self" { "raw" } else { "" })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -209,11 +225,12 @@ fn run_one(kind: Kind, cores: usize, conns: usize, rate: Option<f64>, s: &Settin
         Kind::Epoll => ("http_hello", "http"),
         Kind::Tokio => ("http_hello_tokio", "http"),
         Kind::Proxy => ("tcp_proxy", "echo"),
+        Kind::Raw => ("self", "http"),
     };
     match kind {
         Kind::Uring => server_args.extend(["--backend".into(), "io_uring".into()]),
         Kind::Epoll => server_args.extend(["--backend".into(), "epoll".into()]),
-        Kind::Tokio => {}
+        Kind::Tokio | Kind::Raw => {}
         Kind::Proxy => {
             let (p, up) = start(
                 "echo_server",
@@ -382,7 +399,166 @@ fn scaling(kinds: &[Kind], conns: usize, rounds: usize, s: &Settings) {
     println!();
 }
 
+/// The floor a runtime is measured against: `http_hello` on a bare
+/// io_uring, no runtime, no tasks, no wakers, no allocation per request.
+/// Per connection one `RECV` into its buffer, the same parser and
+/// response as the servers compared, one `SEND` of the responses; every
+/// SQE queued in an iteration is submitted, and completions waited for,
+/// in one `io_uring_enter` (`SINGLE_ISSUER | DEFER_TASKRUN`, as uringio's
+/// ring). Runs on CPU 0 until killed.
+fn raw_uring_server() {
+    use io_uring::{IoUring, opcode, squeue, types};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const ACCEPT: u64 = 0;
+    const RECV: u64 = 1;
+    const SEND: u64 = 2;
+    const BUF: usize = 16384;
+    struct Conn {
+        fd: OwnedFd,
+        /// Request bytes read and not yet answered: `inbuf[..len]`.
+        inbuf: Box<[u8]>,
+        len: usize,
+        out: Vec<u8>,
+        sent: usize,
+        close: bool,
+    }
+    pin_to(SERVER_CPU);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!(
+        "listening on {}",
+        listener.local_addr().expect("local_addr")
+    );
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(4096)
+        .expect("io_uring");
+    // Connections are never freed while the process lives (a closed one
+    // keeps its slot), so every buffer an SQE names outlives the ring.
+    let mut conns: Vec<Option<Box<Conn>>> = Vec::new();
+    let accept = || {
+        opcode::Accept::new(
+            types::Fd(listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .build()
+        .user_data(ACCEPT)
+    };
+    let recv = |i: usize, c: &mut Conn| {
+        opcode::Recv::new(
+            types::Fd(c.fd.as_raw_fd()),
+            c.inbuf[c.len..].as_mut_ptr(),
+            (BUF - c.len) as u32,
+        )
+        .build()
+        .user_data(RECV | (i as u64) << 2)
+    };
+    let send = |i: usize, c: &Conn| {
+        opcode::Send::new(
+            types::Fd(c.fd.as_raw_fd()),
+            c.out[c.sent..].as_ptr(),
+            (c.out.len() - c.sent) as u32,
+        )
+        .build()
+        .user_data(SEND | (i as u64) << 2)
+    };
+    let mut queue: Vec<squeue::Entry> = vec![accept()];
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(4096);
+    loop {
+        for e in queue.drain(..) {
+            // SAFETY: every SQE points into a connection's buffers, boxed
+            // and never freed or moved while the process lives (above).
+            while unsafe { ring.submission().push(&e) }.is_err() {
+                ring.submit().expect("submit");
+            }
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => panic!("io_uring_enter: {e}"),
+        }
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (ud, res) in done.drain(..) {
+            let i = (ud >> 2) as usize;
+            match ud & 3 {
+                ACCEPT => {
+                    if res >= 0 {
+                        // SAFETY: a new descriptor the kernel gave us.
+                        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                        let one: libc::c_int = 1;
+                        // SAFETY: a valid socket and a c_int option value.
+                        unsafe {
+                            libc::setsockopt(
+                                fd.as_raw_fd(),
+                                libc::IPPROTO_TCP,
+                                libc::TCP_NODELAY,
+                                (&one as *const libc::c_int).cast(),
+                                std::mem::size_of::<libc::c_int>() as u32,
+                            )
+                        };
+                        let mut c = Box::new(Conn {
+                            fd,
+                            inbuf: vec![0u8; BUF].into_boxed_slice(),
+                            len: 0,
+                            out: Vec::with_capacity(4096),
+                            sent: 0,
+                            close: false,
+                        });
+                        queue.push(recv(conns.len(), &mut c));
+                        conns.push(Some(c));
+                    }
+                    queue.push(accept());
+                }
+                RECV => {
+                    let Some(c) = conns[i].as_mut() else { continue };
+                    if res <= 0 {
+                        // Closed: keep the box (an SQE may not name it
+                        // any more, but this floor does not bother).
+                        std::mem::forget(conns[i].take());
+                        continue;
+                    }
+                    c.len += res as usize;
+                    let (used, close) = http_parse::answer(&c.inbuf[..c.len], &mut c.out);
+                    c.inbuf.copy_within(used..c.len, 0);
+                    c.len -= used;
+                    c.close = close;
+                    if c.len == BUF {
+                        c.close = true;
+                    }
+                    if c.out.is_empty() {
+                        queue.push(recv(i, c));
+                    } else {
+                        c.sent = 0;
+                        queue.push(send(i, c));
+                    }
+                }
+                _ => {
+                    let Some(c) = conns[i].as_mut() else { continue };
+                    if res < 0 {
+                        std::mem::forget(conns[i].take());
+                        continue;
+                    }
+                    c.sent += res as usize;
+                    if c.sent < c.out.len() {
+                        queue.push(send(i, c));
+                    } else if c.close {
+                        std::mem::forget(conns[i].take());
+                    } else {
+                        c.out.clear();
+                        queue.push(recv(i, c));
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn main() {
+    if std::env::var("HTTP_SERVE").is_ok_and(|v| v == "raw") {
+        raw_uring_server();
+        return;
+    }
     let s = Settings {
         secs: env_num("HTTP_SECS", 3.0),
         quiet_wait: Duration::from_secs_f64(env_num("HTTP_QUIET_WAIT", 5.0)),
@@ -415,9 +591,15 @@ fn main() {
     );
     match mode.as_str() {
         "compare" => {
-            let kinds: Vec<Kind> = [Kind::Uring, Kind::Epoll, Kind::Tokio]
+            let kinds: Vec<Kind> = [Kind::Uring, Kind::Epoll, Kind::Tokio, Kind::Raw]
                 .into_iter()
-                .filter(chosen)
+                .filter(|k| {
+                    if *k == Kind::Raw {
+                        only.as_ref().is_some_and(|_| chosen(k))
+                    } else {
+                        chosen(k)
+                    }
+                })
                 .collect();
             let mut slowest = f64::INFINITY;
             for &n in &conns {

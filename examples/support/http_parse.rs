@@ -91,32 +91,3 @@ pub fn answer(inbuf: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_pipelined_and_partial_requests() {
-        let two =
-            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\n\r\nGET /y HTTP/1.1\r\n\r\n";
-        let Parsed::Request { len, close: false } = parse(two) else {
-            panic!()
-        };
-        assert!(matches!(
-            parse(&two[len..]),
-            Parsed::Request { close: false, .. }
-        ));
-        assert!(matches!(parse(&two[..10]), Parsed::Incomplete));
-        let body = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab";
-        assert!(matches!(parse(body), Parsed::Incomplete));
-        assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"),
-            Parsed::Request { close: true, .. }
-        ));
-        assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Parsed::Bad
-        ));
-    }
-}
