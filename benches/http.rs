@@ -242,7 +242,7 @@ fn run_one(kind: Kind, cores: usize, conns: usize, rate: Option<f64>, s: &Settin
         }
     }
     let (server, addr) = start(bin, &server_args);
-    debug_assert!(SERVER_CPU == 0, "the servers' --pin puts core 0 on CPU 0");
+    const { assert!(SERVER_CPU == 0, "the servers' --pin puts core 0 on CPU 0") };
     let mut cmd = Command::new(example("loadgen"));
     cmd.args([
         mode,
