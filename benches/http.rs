@@ -30,8 +30,9 @@
 //! - `HTTP_ROUNDS` rounds (default 5)
 //! - `HTTP_CONNS` comma-separated connection counts (default `64,256`)
 //! - `HTTP_RATE` requests/s of the paced run (`0` to skip it)
-//! - `HTTP_ONLY` comma-separated subset of `uring,epoll,tokio,raw-uring`
-//!   (`raw-uring`, the floor, runs only when named)
+//! - `HTTP_ONLY` comma-separated subset of
+//!   `uring,uring-ms,epoll,tokio,raw-uring` (`uring-ms`, `http_hello --api
+//!   multishot`, and `raw-uring`, the floor, run only when named)
 //! - `HTTP_QUIET_WAIT` seconds to wait before each run for other processes
 //!   to use under 0.1 CPU (default 5; 0 to not wait)
 //!
@@ -62,6 +63,8 @@ enum Kind {
     Tokio,
     /// `tcp_proxy` (io_uring) in front of `echo_server`.
     Proxy,
+    /// `http_hello --api multishot` on io_uring.
+    UringMs,
     /// The floor: a bare io_uring responder, no runtime (this bench's
     /// binary, re-run as `HTTP_SERVE=raw`).
     Raw,
@@ -75,6 +78,7 @@ impl Kind {
             Kind::Tokio => "tokio",
             Kind::Proxy => "proxy",
             Kind::Raw => "raw-uring",
+            Kind::UringMs => "uring-ms",
         }
     }
 
@@ -85,6 +89,7 @@ impl Kind {
             Kind::Tokio => "tokio http_hello_tokio",
             Kind::Proxy => "uringio tcp_proxy, io_uring (1 KiB echo)",
             Kind::Raw => "bare io_uring, no runtime (floor)",
+            Kind::UringMs => "uringio http_hello multishot, io_uring",
         }
     }
 }
@@ -221,7 +226,7 @@ fn run_one(kind: Kind, cores: usize, conns: usize, rate: Option<f64>, s: &Settin
     ];
     let mut _backend = None;
     let (bin, mode) = match kind {
-        Kind::Uring => ("http_hello", "http"),
+        Kind::Uring | Kind::UringMs => ("http_hello", "http"),
         Kind::Epoll => ("http_hello", "http"),
         Kind::Tokio => ("http_hello_tokio", "http"),
         Kind::Proxy => ("tcp_proxy", "echo"),
@@ -229,6 +234,12 @@ fn run_one(kind: Kind, cores: usize, conns: usize, rate: Option<f64>, s: &Settin
     };
     match kind {
         Kind::Uring => server_args.extend(["--backend".into(), "io_uring".into()]),
+        Kind::UringMs => server_args.extend([
+            "--backend".into(),
+            "io_uring".into(),
+            "--api".into(),
+            "multishot".into(),
+        ]),
         Kind::Epoll => server_args.extend(["--backend".into(), "epoll".into()]),
         Kind::Tokio | Kind::Raw => {}
         Kind::Proxy => {
@@ -591,10 +602,17 @@ fn main() {
     );
     match mode.as_str() {
         "compare" => {
-            let kinds: Vec<Kind> = [Kind::Uring, Kind::Epoll, Kind::Tokio, Kind::Raw]
+            let all = [
+                Kind::Uring,
+                Kind::UringMs,
+                Kind::Epoll,
+                Kind::Tokio,
+                Kind::Raw,
+            ];
+            let kinds: Vec<Kind> = all
                 .into_iter()
                 .filter(|k| {
-                    if *k == Kind::Raw {
+                    if matches!(k, Kind::Raw | Kind::UringMs) {
                         only.as_ref().is_some_and(|_| chosen(k))
                     } else {
                         chosen(k)

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! cargo run --release --example http_hello -- [ADDR] [--cores N] [--pin] [--backend epoll|io_uring|auto]
+//!     [--api ops|multishot]
 //! ```
+//! `--api ops` (default): a task per connection reading into its own
+//! buffer with `read` and answering with `write_all`. `--api multishot`:
+//! one `recv_multishot` per connection from a shared `BufRing` (1024 ×
+//! 4 KiB per core), parsed in place.
 //! Thread-per-core: each core runs its own loop and its own
 //! `SO_REUSEPORT` listener on ADDR (default `127.0.0.1:8080`; port 0 is
 //! joined by every core, as in `tcp_proxy`). The parser is
@@ -20,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex};
 
 use futures_util::StreamExt;
+use uringio::buf::BufRing;
 use uringio::channel;
 use uringio::net::{TcpListener, TcpStream};
 use uringio::{Backend, Runner};
@@ -28,7 +34,10 @@ use uringio::{Backend, Runner};
 mod http_parse;
 
 fn usage() -> ! {
-    eprintln!("usage: http_hello [ADDR] [--cores N] [--pin] [--backend epoll|io_uring|auto]");
+    eprintln!(
+        "usage: http_hello [ADDR] [--cores N] [--pin] [--backend epoll|io_uring|auto] \
+         [--api ops|multishot]"
+    );
     std::process::exit(2);
 }
 
@@ -64,6 +73,44 @@ async fn serve_conn(s: TcpStream) {
     }
 }
 
+/// `serve_conn` with one multishot receive (`--api multishot`): on
+/// io_uring the kernel picks a ring buffer as bytes arrive, so there is
+/// no receive SQE per request; a chunk holding whole requests is parsed
+/// in place.
+async fn serve_conn_multishot(s: TcpStream, ring: BufRing) {
+    let _ = s.set_nodelay(true);
+    let mut chunks = s.recv_multishot(&ring);
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    while let Some(c) = chunks.next().await {
+        let Ok(c) = c else { return };
+        let close = if inbuf.is_empty() {
+            let (used, close) = http_parse::answer(&c, &mut out);
+            inbuf.extend_from_slice(&c[used..]);
+            close
+        } else {
+            inbuf.extend_from_slice(&c);
+            let (used, close) = http_parse::answer(&inbuf, &mut out);
+            inbuf.drain(..used);
+            close
+        };
+        // The ring buffer goes back before we wait on the write.
+        drop(c);
+        if !out.is_empty() {
+            let (r, b) = s.write_all(out).await;
+            out = b;
+            out.clear();
+            if r.is_err() {
+                return;
+            }
+        }
+        if close {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+    }
+}
+
 type Bound = (Mutex<Option<Result<SocketAddr, String>>>, Condvar);
 
 fn main() {
@@ -71,6 +118,7 @@ fn main() {
     let mut cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut pin = false;
     let mut backend = Backend::Auto;
+    let mut multishot = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -81,6 +129,13 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--pin" => pin = true,
+            "--api" => {
+                multishot = match args.next().as_deref() {
+                    Some("ops") => false,
+                    Some("multishot") => true,
+                    _ => usage(),
+                }
+            }
             "--backend" => {
                 backend = match args.next().as_deref() {
                     Some("epoll") => Backend::Epoll,
@@ -150,9 +205,19 @@ fn main() {
                     })
                 };
                 let server = uringio::spawn(async move {
+                    let mut ring: Option<BufRing> = None;
                     let mut incoming = listener.incoming();
                     while let Some(c) = incoming.next().await {
                         match c {
+                            Ok(s) if multishot => {
+                                let ring = match &ring {
+                                    Some(r) => r.clone(),
+                                    None => ring
+                                        .insert(BufRing::new(1024, 4096).expect("a buffer ring"))
+                                        .clone(),
+                                };
+                                uringio::spawn(serve_conn_multishot(s, ring)).detach()
+                            }
                             Ok(s) => uringio::spawn(serve_conn(s)).detach(),
                             Err(_) => uringio::sleep(std::time::Duration::from_millis(100)).await,
                         }
