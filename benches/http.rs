@@ -84,8 +84,8 @@ impl Kind {
 
     fn name(self) -> &'static str {
         match self {
-            Kind::Uring => "uringio http_hello, io_uring",
-            Kind::Epoll => "uringio http_hello, epoll",
+            Kind::Uring => "uringio http_hello ops, io_uring",
+            Kind::Epoll => "uringio http_hello ops, epoll",
             Kind::Tokio => "tokio http_hello_tokio",
             Kind::Proxy => "uringio tcp_proxy, io_uring (1 KiB echo)",
             Kind::Raw => "bare io_uring, no runtime (floor)",
@@ -233,14 +233,24 @@ fn run_one(kind: Kind, cores: usize, conns: usize, rate: Option<f64>, s: &Settin
         Kind::Raw => ("self", "http"),
     };
     match kind {
-        Kind::Uring => server_args.extend(["--backend".into(), "io_uring".into()]),
+        Kind::Uring => server_args.extend([
+            "--backend".into(),
+            "io_uring".into(),
+            "--api".into(),
+            "ops".into(),
+        ]),
         Kind::UringMs => server_args.extend([
             "--backend".into(),
             "io_uring".into(),
             "--api".into(),
             "multishot".into(),
         ]),
-        Kind::Epoll => server_args.extend(["--backend".into(), "epoll".into()]),
+        Kind::Epoll => server_args.extend([
+            "--backend".into(),
+            "epoll".into(),
+            "--api".into(),
+            "ops".into(),
+        ]),
         Kind::Tokio | Kind::Raw => {}
         Kind::Proxy => {
             let (p, up) = start(

@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! cargo run --release --example http_hello -- [ADDR] [--cores N] [--pin] [--backend epoll|io_uring|auto]
-//!     [--api ops|multishot]
+//!     [--api auto|ops|multishot]
 //! ```
-//! `--api ops` (default): a task per connection reading into its own
-//! buffer with `read` and answering with `write_all`. `--api multishot`:
-//! one `recv_multishot` per connection from a shared `BufRing` (1024 ×
-//! 4 KiB per core), parsed in place.
+//! `--api ops`: a task per connection reading into its own buffer with
+//! `read` and answering with `write_all`. `--api multishot`: one
+//! `recv_multishot` per connection from a shared `BufRing` (1024 × 4 KiB
+//! per core), parsed in place. `auto` (the default): multishot where the
+//! kernel has multishot receive (io_uring, 6.0), ops elsewhere — at 256
+//! connections multishot costs 0.89× the CPU per request of ops (README,
+//! `benches/http.rs`).
 //! Thread-per-core: each core runs its own loop and its own
 //! `SO_REUSEPORT` listener on ADDR (default `127.0.0.1:8080`; port 0 is
 //! joined by every core, as in `tcp_proxy`). The parser is
@@ -36,7 +39,7 @@ mod http_parse;
 fn usage() -> ! {
     eprintln!(
         "usage: http_hello [ADDR] [--cores N] [--pin] [--backend epoll|io_uring|auto] \
-         [--api ops|multishot]"
+         [--api auto|ops|multishot]"
     );
     std::process::exit(2);
 }
@@ -118,7 +121,8 @@ fn main() {
     let mut cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut pin = false;
     let mut backend = Backend::Auto;
-    let mut multishot = false;
+    // None: multishot where the kernel has it (io_uring, 6.0), else ops.
+    let mut multishot: Option<bool> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -131,8 +135,9 @@ fn main() {
             "--pin" => pin = true,
             "--api" => {
                 multishot = match args.next().as_deref() {
-                    Some("ops") => false,
-                    Some("multishot") => true,
+                    Some("ops") => Some(false),
+                    Some("multishot") => Some(true),
+                    Some("auto") => None,
                     _ => usage(),
                 }
             }
@@ -204,6 +209,8 @@ fn main() {
                         std::process::exit(1);
                     })
                 };
+                let multishot =
+                    multishot.unwrap_or_else(|| uringio::driver::features().recv_multishot);
                 let server = uringio::spawn(async move {
                     let mut ring: Option<BufRing> = None;
                     let mut incoming = listener.incoming();
