@@ -18,7 +18,8 @@
 //! Prints one line: requests per second, latency p50/p99/p99.9 from a
 //! log-linear histogram (≤ 1.6% error), and with `--server-pid` the
 //! server process's CPU time (user + system, every thread, from
-//! `/proc/PID/stat`) per request over the measured interval. The same
+//! `/proc/PID/stat`) per request over the measured interval, and its own
+//! (`client_cpu`, the same way). The same
 //! figures for any server, so a tokio server and a uringio one compare
 //! directly. Exit status 1 if no request completed.
 
@@ -202,13 +203,7 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: loadgen\r\n\r\n";
 async fn read_response(s: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            let total = end + 4 + len;
+            let total = end + 4 + content_length(&buf[..end]);
             while buf.len() < total {
                 fill(s, buf).await?;
             }
@@ -219,12 +214,31 @@ async fn read_response(s: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> 
     }
 }
 
+/// The `Content-Length` of a response head (0 if absent or unreadable).
+fn content_length(head: &[u8]) -> usize {
+    const NAME: &[u8] = b"content-length:";
+    head.split(|&b| b == b'\n')
+        .find_map(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            (l.len() >= NAME.len() && l[..NAME.len()].eq_ignore_ascii_case(NAME))
+                .then(|| std::str::from_utf8(l[NAME.len()..].trim_ascii()).ok())
+                .flatten()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Appends what the next read returns to `buf` (in place: no copy).
 async fn fill(s: &TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    let (r, b) = s.read(Vec::with_capacity(16384)).await;
+    let mut b = std::mem::take(buf);
+    if b.capacity() - b.len() < 4096 {
+        b.reserve(16384);
+    }
+    let (r, b) = s.read(b).await;
+    *buf = b;
     if r? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
-    buf.extend_from_slice(&b);
     Ok(())
 }
 
@@ -311,7 +325,7 @@ fn main() {
         measuring: Cell::new(false),
         stop: Cell::new(false),
     });
-    let (elapsed, cpu) = runner.run({
+    let (elapsed, cpu, me) = runner.run({
         let (args, sh) = (args.clone(), sh.clone());
         async move {
             let period = args
@@ -326,12 +340,16 @@ fn main() {
                 .collect();
             uringio::sleep(Duration::from_millis(500)).await;
             let cpu0 = args.pid.map(cpu_ns);
+            let me0 = cpu_ns(std::process::id());
             let t0 = Instant::now();
             sh.measuring.set(true);
             uringio::sleep(Duration::from_secs_f64(args.secs)).await;
             sh.measuring.set(false);
             let elapsed = t0.elapsed();
             let cpu1 = args.pid.map(cpu_ns);
+            let me = cpu_ns(std::process::id())
+                .and_then(|b| me0.map(|a| b.saturating_sub(a)))
+                .ok();
             sh.stop.set(true);
             for t in tasks {
                 t.cancel();
@@ -341,7 +359,7 @@ fn main() {
                 (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
                 _ => None,
             };
-            (elapsed, cpu)
+            (elapsed, cpu, me)
         }
     });
     let done = sh.done.get();
@@ -381,6 +399,9 @@ fn main() {
         Some(Ok(_)) => line += " server_cpu n/a",
         Some(Err(e)) => line += &format!(" server_cpu error ({e})"),
         None => {}
+    }
+    if let Some(ns) = me.filter(|_| done > 0) {
+        line += &format!(" client_cpu {:.0} ns/msg", ns as f64 / done as f64);
     }
     println!("{line}");
     if done == 0 {

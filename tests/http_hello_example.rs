@@ -19,10 +19,21 @@ fn read_exactly(s: &mut std::net::TcpStream, n: usize) -> Vec<u8> {
 
 #[test]
 fn http_hello_answers_pipelined_requests_in_order_on_both_backends() {
-    for b in common::backends() {
+    for (b, api) in common::backends()
+        .into_iter()
+        .flat_map(|b| [(b, "ops"), (b, "multishot")])
+    {
         let backend = b.to_string();
         let mut child = Command::new(common::example("http_hello"))
-            .args(["127.0.0.1:0", "--cores", "2", "--backend", &backend])
+            .args([
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--backend",
+                &backend,
+                "--api",
+                api,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

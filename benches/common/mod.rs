@@ -114,3 +114,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
+
+/// Lets the calling thread run on every CPU again (undoes [`pin_to`]).
+pub fn unpin() {
+    let mut set = CpuSet::new();
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for cpu in 0..n.min(CpuSet::count()) {
+        let _ = set.set(cpu);
+    }
+    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
+        eprintln!("bench: cannot unpin: {e}");
+    }
+}

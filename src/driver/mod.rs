@@ -178,6 +178,10 @@ pub struct Stats {
     /// once a buffer is back), or, when emulated, a wait for a free
     /// buffer.
     pub buf_ring_empty: u64,
+    /// Wake-ups this loop sent to other io_uring loops with
+    /// `IORING_OP_MSG_RING` instead of writing their eventfd (see
+    /// uring-sys-notes/msg-ring.md).
+    pub msg_ring_wakes: u64,
 }
 
 /// The counters of the loop running on this thread.
@@ -210,6 +214,9 @@ pub(crate) struct DriverConfig {
     pub buf_ring: (u32, usize),
     /// Emulate buffer rings even where the kernel has them.
     pub buf_ring_emulate: bool,
+    /// Wake other io_uring loops with `MSG_RING` where probed (else
+    /// always their eventfd).
+    pub msg_ring: bool,
 }
 
 /// The default buffer ring's shape: 256 buffers of 4 KiB (1 MiB per loop).
@@ -240,6 +247,20 @@ pub(crate) struct Driver {
     pub(crate) default_group: RefCell<Option<Rc<bufring::BufGroup>>>,
     /// The registered-buffer table (io_uring; see [`fixedbuf`]).
     pub(crate) fixed_bufs: RefCell<fixedbuf::BufTable>,
+    /// Cross-loop wake-ups go by `MSG_RING` (io_uring, probed, not
+    /// switched off): this loop sends them, and others may send it them.
+    pub(crate) msg_ring: bool,
+}
+
+pub(crate) use uring::MsgTarget;
+
+/// Wakes the io_uring loop `t` with a `MSG_RING` from the loop running on
+/// this thread, if that loop is on io_uring with `MSG_RING` on and its
+/// driver is free. The message goes with that loop's next
+/// `io_uring_enter` (its next park, or when it stops running). `false`:
+/// nothing was sent, wake the target another way.
+pub(crate) fn send_msg(t: &Arc<MsgTarget>) -> bool {
+    with_current(|d| d.send_msg(t)).unwrap_or(false)
 }
 
 impl Driver {
@@ -292,13 +313,14 @@ impl Driver {
                     return Ok(Driver {
                         inner: RefCell::new(Backends::Uring(u)),
                         wake: RefCell::new(Vec::new()),
-                        features,
                         stats: Cell::new(Stats::default()),
                         kind: Backend::IoUring,
                         fallback_reason: None,
                         buf_ring_shape: cfg.buf_ring,
                         default_group: RefCell::new(None),
                         fixed_bufs: RefCell::default(),
+                        msg_ring: features.msg_ring && cfg.msg_ring && msg_ring_allowed(),
+                        features,
                     });
                 }
                 Err(uring::SetupError::Refused(reason)) => {
@@ -328,7 +350,55 @@ impl Driver {
             buf_ring_shape: cfg.buf_ring,
             default_group: RefCell::new(None),
             fixed_bufs: RefCell::default(),
+            msg_ring: false,
         })
+    }
+
+    /// A [`MsgTarget`] for this loop (io_uring with `MSG_RING` on), so
+    /// other loops can wake it with `MSG_RING`; `wake` is its eventfd.
+    pub(crate) fn msg_target(&self, wake: &Arc<std::os::fd::OwnedFd>) -> Option<Arc<MsgTarget>> {
+        if !self.msg_ring {
+            return None;
+        }
+        match &*self.inner.borrow() {
+            Backends::Uring(u) => match u.msg_target(wake) {
+                Ok(t) => Some(Arc::new(t)),
+                Err(e) => {
+                    log::debug!("uringio: no MSG_RING wake-ups for this loop: {e}");
+                    None
+                }
+            },
+            Backends::Epoll(_) => None,
+        }
+    }
+
+    /// See [`send_msg`].
+    fn send_msg(&self, t: &Arc<MsgTarget>) -> bool {
+        if !self.msg_ring {
+            return false;
+        }
+        let Ok(mut inner) = self.inner.try_borrow_mut() else {
+            return false;
+        };
+        let sent = match &mut *inner {
+            Backends::Uring(u) => u.send_msg(t),
+            Backends::Epoll(_) => false,
+        };
+        drop(inner);
+        if sent {
+            self.bump(|s| s.msg_ring_wakes += 1);
+        }
+        sent
+    }
+
+    /// Hands queued `MSG_RING` wake-ups to the kernel now: the loop stops
+    /// running and will not park soon.
+    pub(crate) fn flush_msgs(&self) {
+        if let Ok(mut inner) = self.inner.try_borrow_mut() {
+            if let Backends::Uring(u) = &mut *inner {
+                u.flush_sq();
+            }
+        }
     }
 
     /// The counters, with the gauges read from the backend now.
@@ -483,6 +553,14 @@ pub(crate) fn epoll_mark_read_drained(driver: &Driver, fd: i32) {
     if let Backends::Epoll(e) = &mut *driver.inner.borrow_mut() {
         e.mark_read_drained(fd);
     }
+}
+
+/// `URINGIO_MSG_RING=off` (or `0`) switches `MSG_RING` wake-ups off.
+fn msg_ring_allowed() -> bool {
+    !matches!(
+        std::env::var("URINGIO_MSG_RING").ok().as_deref(),
+        Some("off") | Some("0") | Some("eventfd")
+    )
 }
 
 fn kernel_release() -> String {

@@ -1,4 +1,5 @@
-//! [`copy_bidirectional`]: relaying two TCP connections, for proxies.
+//! [`copy_bidirectional`]: relaying two stream connections (TCP or Unix,
+//! in any mix), for proxies.
 //!
 //! ## One direction's state machine
 //! ```text
@@ -36,7 +37,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
-use super::TcpStream;
+use super::{TcpStream, UnixStream};
 use crate::driver::bufring::{RecvItem, RecvLeftover};
 use crate::driver::op::Op;
 use crate::driver::op::splice::{CopyRead, CopyWrite, HandBack, Pipe, Ready, Splice};
@@ -60,8 +61,76 @@ pub enum CopyMode {
     Buffered,
 }
 
+/// A stream [`copy_bidirectional`] can relay: [`TcpStream`] and
+/// [`UnixStream`] (or an `Rc` or reference of one). Sealed.
+pub trait CopyStream: sealed::Sealed {}
+
+impl CopyStream for TcpStream {}
+impl CopyStream for UnixStream {}
+impl<T: CopyStream + ?Sized> CopyStream for Rc<T> {}
+impl<T: CopyStream + ?Sized> CopyStream for &T {}
+
+mod sealed {
+    use super::{TcpStream, UnixStream};
+
+    /// Which kind of stream a side of a copy is.
+    #[derive(Clone, Copy)]
+    pub enum Side<'a> {
+        Tcp(&'a TcpStream),
+        Unix(&'a UnixStream),
+    }
+
+    pub trait Sealed {
+        fn side(&self) -> Side<'_>;
+    }
+
+    impl Sealed for TcpStream {
+        fn side(&self) -> Side<'_> {
+            Side::Tcp(self)
+        }
+    }
+
+    impl Sealed for UnixStream {
+        fn side(&self) -> Side<'_> {
+            Side::Unix(self)
+        }
+    }
+
+    impl<T: Sealed + ?Sized> Sealed for std::rc::Rc<T> {
+        fn side(&self) -> Side<'_> {
+            (**self).side()
+        }
+    }
+
+    impl<T: Sealed + ?Sized> Sealed for &T {
+        fn side(&self) -> Side<'_> {
+            (**self).side()
+        }
+    }
+}
+
+use sealed::Side;
+
+impl Side<'_> {
+    fn fd(self) -> RawFd {
+        match self {
+            Side::Tcp(s) => s.as_raw_fd(),
+            Side::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn leftover(self) -> RecvLeftover {
+        match self {
+            Side::Tcp(s) => s.leftover(),
+            Side::Unix(s) => s.leftover(),
+        }
+    }
+}
+
 /// Relays `a` and `b` both ways until both directions have reached end
-/// of stream, then returns the bytes moved `(a → b, b → a)`.
+/// of stream, then returns the bytes moved `(a → b, b → a)`. Each side
+/// is a [`TcpStream`] or a [`UnixStream`] (a TCP front to a Unix-socket
+/// upstream is a usual proxy).
 ///
 /// Half-close is propagated: when one side's read reaches end of stream,
 /// the other side's write half is shut down (`shutdown(SHUT_WR)`, a FIN)
@@ -77,14 +146,18 @@ pub enum CopyMode {
 /// source socket's receive queue in user space, so the source's next
 /// [`read`](TcpStream::read) or [`readv`](TcpStream::readv) returns them
 /// first (a `recv_multishot` on that socket yields an `InvalidData` error
-/// until they are read that way). Ops the kernel still has are
+/// until they are read that way; a Unix socket's `recv_with_fds` does
+/// not see them: read them with `read` first). Ops the kernel still has are
 /// cancelled and accounted for when their completions arrive (a read of
 /// the source waits for them). No pipe descriptor outlives its last op.
 /// See the module source for the state machine.
-pub fn copy_bidirectional<'a>(a: &'a TcpStream, b: &'a TcpStream) -> CopyBidirectional<'a> {
+pub fn copy_bidirectional<'a, A: CopyStream, B: CopyStream>(
+    a: &'a A,
+    b: &'a B,
+) -> CopyBidirectional<'a> {
     CopyBidirectional {
-        a,
-        b,
+        a: a.side(),
+        b: b.side(),
         mode: CopyMode::Auto,
         dirs: None,
     }
@@ -92,8 +165,8 @@ pub fn copy_bidirectional<'a>(a: &'a TcpStream, b: &'a TcpStream) -> CopyBidirec
 
 /// The future of [`copy_bidirectional`].
 pub struct CopyBidirectional<'a> {
-    a: &'a TcpStream,
-    b: &'a TcpStream,
+    a: Side<'a>,
+    b: Side<'a>,
     mode: CopyMode,
     /// Made at the first poll (the mode depends on the backend).
     dirs: Option<[Dir; 2]>,
@@ -192,12 +265,12 @@ struct Dir {
 }
 
 impl Dir {
-    fn new(src: &TcpStream, dst: &TcpStream, splice: bool) -> Dir {
+    fn new(src: Side<'_>, dst: Side<'_>, splice: bool) -> Dir {
         let leftover = src.leftover();
         Dir {
-            src: src.as_raw_fd(),
-            dst: dst.as_raw_fd(),
-            dst_sock: dst.as_raw_fd(),
+            src: src.fd(),
+            dst: dst.fd(),
+            dst_sock: dst.fd(),
             hb: HandBack::new(leftover.clone()),
             leftover,
             splice,

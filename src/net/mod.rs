@@ -18,7 +18,7 @@ mod tcp;
 mod udp;
 mod unix;
 
-pub use copy::{CopyBidirectional, CopyMode, copy_bidirectional};
+pub use copy::{CopyBidirectional, CopyMode, CopyStream, copy_bidirectional};
 pub use recv::RecvMulti;
 pub use resolve::ToSocketAddrs;
 pub(crate) use resolve::resolve_async;

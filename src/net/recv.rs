@@ -112,34 +112,48 @@ impl futures_core::Stream for RecvMulti<'_> {
 /// Copies leftover bytes into a read's buffer(s); how many.
 type Fill<I> = fn(&mut I, &[u8]) -> io::Result<usize>;
 
+/// A stream socket with a user-space leftover queue (bytes a dropped
+/// receive stream or a dropped `copy_bidirectional` put back): its reads
+/// serve that first.
+pub(crate) trait HasLeftover {
+    /// The leftover queue if it has bytes, or receives still to finish.
+    fn pending_leftover(&self) -> Option<RecvLeftover>;
+}
+
+impl HasLeftover for TcpStream {
+    fn pending_leftover(&self) -> Option<RecvLeftover> {
+        TcpStream::pending_leftover(self)
+    }
+}
+
 /// A read on a socket whose dropped receive stream left chunks: they come
 /// first, then the read op proper.
-pub(crate) enum ReadFirst<'a, T: OpCode, I> {
+pub(crate) enum ReadFirst<'a, S, T: OpCode, I> {
     Op(Op<T>),
     Leftover {
-        s: &'a TcpStream,
+        s: &'a S,
         leftover: RecvLeftover,
         input: Option<I>,
         fill: Fill<I>,
-        make: fn(&'a TcpStream, I) -> Op<T>,
+        make: fn(&'a S, I) -> Op<T>,
         canceller: Option<Canceller>,
     },
 }
 
 // Nothing is pinned structurally: `I` is only moved, never pinned.
-impl<T: OpCode, I> Unpin for ReadFirst<'_, T, I> {}
+impl<S, T: OpCode, I> Unpin for ReadFirst<'_, S, T, I> {}
 
-impl<'a, T, I> ReadFirst<'a, T, I>
+impl<'a, S: HasLeftover, T, I> ReadFirst<'a, S, T, I>
 where
     T: OpCode<Output = BufResult<usize, I>>,
 {
     /// `make(s, input)` unless the socket has leftovers to serve first.
     pub(crate) fn new(
-        s: &'a TcpStream,
+        s: &'a S,
         input: I,
         fill: Fill<I>,
-        make: fn(&'a TcpStream, I) -> Op<T>,
-    ) -> ReadFirst<'a, T, I> {
+        make: fn(&'a S, I) -> Op<T>,
+    ) -> ReadFirst<'a, S, T, I> {
         match s.pending_leftover() {
             None => ReadFirst::Op(make(s, input)),
             Some(leftover) => ReadFirst::Leftover {
@@ -154,7 +168,7 @@ where
     }
 }
 
-impl<T, I> std::future::Future for ReadFirst<'_, T, I>
+impl<S, T, I> std::future::Future for ReadFirst<'_, S, T, I>
 where
     T: OpCode<Output = BufResult<usize, I>>,
 {
@@ -228,7 +242,7 @@ where
     }
 }
 
-impl<T, I> Cancellable for ReadFirst<'_, T, I>
+impl<S, T, I> Cancellable for ReadFirst<'_, S, T, I>
 where
     T: OpCode<Output = BufResult<usize, I>>,
 {

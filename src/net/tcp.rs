@@ -580,7 +580,7 @@ impl OwnedWriteHalf {
 }
 
 /// Copies `src` into the buffers' spare capacity, in order.
-fn fill_vec<B: IoBufMut>(bufs: &mut [B], src: &[u8]) -> io::Result<usize> {
+pub(crate) fn fill_vec<B: IoBufMut>(bufs: &mut [B], src: &[u8]) -> io::Result<usize> {
     let mut n = 0;
     for b in bufs.iter_mut() {
         if n == src.len() {

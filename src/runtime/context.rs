@@ -70,6 +70,11 @@ impl Drop for EnterGuard {
         let old = CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), prev));
         CURRENT_ID.with(|c| c.set(self.prev_id));
         let old_driver = crate::driver::set_current(self.prev_driver.take());
+        // The loop stops running here and may not park again soon: send
+        // the MSG_RING wake-ups it queued for other loops now.
+        if let Some(d) = &old_driver {
+            d.flush_msgs();
+        }
         drop(old);
         drop(old_driver);
     }

@@ -35,6 +35,7 @@ pub struct Builder {
     simulate_failure: Option<String>,
     buf_ring: (u32, usize),
     buf_ring_emulate: bool,
+    msg_ring: bool,
     pub(crate) tpc: threads::TpcConfig,
 }
 
@@ -50,6 +51,7 @@ impl Default for Builder {
             simulate_failure: None,
             buf_ring: crate::driver::DEFAULT_BUF_RING,
             buf_ring_emulate: false,
+            msg_ring: true,
             tpc: threads::TpcConfig::default(),
         }
     }
@@ -141,6 +143,18 @@ impl Builder {
         self
     }
 
+    /// Whether other threads (running io_uring loops) wake this loop, and
+    /// this loop wakes other io_uring loops, with `IORING_OP_MSG_RING`
+    /// where the kernel has it (default on); off, every cross-thread
+    /// wake-up writes the target's eventfd. For testing and measuring the
+    /// fallback; the environment variable `URINGIO_MSG_RING=off` does the
+    /// same. See uring-sys-notes/msg-ring.md.
+    #[doc(hidden)]
+    pub fn msg_ring(mut self, on: bool) -> Builder {
+        self.msg_ring = on;
+        self
+    }
+
     /// Builds the loop on this thread.
     pub fn build(&self) -> io::Result<Runner> {
         if self.entries == 0 || self.entries > 32768 {
@@ -161,8 +175,12 @@ impl Builder {
             simulate_failure: self.simulate_failure.clone(),
             buf_ring: self.buf_ring,
             buf_ring_emulate: self.buf_ring_emulate,
+            msg_ring: self.msg_ring,
         };
         let driver = Driver::new(&cfg, shared.wake_fd(), shared.clone(), &pool)?;
+        if let Some(t) = driver.msg_target(shared.eventfd()) {
+            shared.set_msg_target(t);
+        }
         let debug = self.debug.unwrap_or_else(|| {
             std::env::var("URINGIO_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
         });

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -25,8 +25,8 @@ use slab::Slab;
 
 use super::context;
 use super::{ExceptionContext, TaskInfo, TaskState};
-use crate::driver::Driver;
 use crate::driver::blocking::BlockingPool;
+use crate::driver::{Driver, MsgTarget};
 use crate::task::raw::{self, PollOutcome, TaskRef};
 use crate::time::timers::Timers;
 
@@ -50,7 +50,11 @@ pub(crate) struct Shared {
     /// The loop is closed: what is pushed now is dropped at once.
     closed: AtomicBool,
     pub(crate) stop: AtomicBool,
-    eventfd: OwnedFd,
+    eventfd: Arc<OwnedFd>,
+    /// Set when the loop runs on io_uring with `MSG_RING`: a loop that
+    /// wakes this one sends a `MSG_RING` CQE into its ring instead of
+    /// writing the eventfd (see `notify`).
+    msg: OnceLock<Arc<MsgTarget>>,
 }
 
 impl Shared {
@@ -64,12 +68,21 @@ impl Shared {
             parked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
-            eventfd: OwnedFd::from(fd),
+            eventfd: Arc::new(OwnedFd::from(fd)),
+            msg: OnceLock::new(),
         }))
     }
 
     pub(crate) fn wake_fd(&self) -> RawFd {
         self.eventfd.as_raw_fd()
+    }
+
+    pub(crate) fn eventfd(&self) -> &Arc<OwnedFd> {
+        &self.eventfd
+    }
+
+    pub(crate) fn set_msg_target(&self, t: Arc<MsgTarget>) {
+        let _ = self.msg.set(t);
     }
 
     pub(crate) fn push_wake(&self, t: TaskRef) {
@@ -105,15 +118,25 @@ impl Shared {
         drop(left);
     }
 
-    /// Wakes the loop if it is sleeping: at most one eventfd write per
-    /// batch, and none while the loop is awake (it looks at `notified`
-    /// before it sleeps; see `run_once`).
+    /// Wakes the loop if it is sleeping: at most one wake-up per batch,
+    /// and none while the loop is awake (it looks at `notified` before it
+    /// sleeps; see `run_once`). The wake-up is a `MSG_RING` CQE when both
+    /// this loop and the caller's run on io_uring with it (the caller's
+    /// ring sends it with its next `io_uring_enter`: no system call here),
+    /// else an eventfd write. A loop parked in `io_uring_enter` returns
+    /// for either; an eventfd `READ` stays armed for callers without a
+    /// ring.
     pub(crate) fn notify(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) && self.parked.load(Ordering::SeqCst) {
+            if let Some(t) = self.msg.get() {
+                if crate::driver::send_msg(t) {
+                    return;
+                }
+            }
             let one = 1u64.to_ne_bytes();
             // An eventfd write only fails if the counter would overflow, in
             // which case the loop is awake anyway.
-            let _ = nix::unistd::write(&self.eventfd, &one);
+            let _ = nix::unistd::write(&*self.eventfd, &one);
         }
     }
 

@@ -17,7 +17,9 @@ pub(crate) struct TpcConfig {
 pub struct CoreContext {
     /// This thread's index, `0..n`.
     pub id: usize,
-    /// Handles to every loop, this one included, indexed by id.
+    /// Handles to every loop, this one included, indexed by id. Work
+    /// handed to a parked peer wakes it with `IORING_OP_MSG_RING` between
+    /// io_uring loops where probed, else with an eventfd write.
     pub peers: Vec<LoopHandle>,
 }
 

@@ -57,6 +57,33 @@ use super::op::LateHook;
 
 pub(crate) const WAKE_KEY: u64 = u64::MAX;
 pub(crate) const CANCEL_KEY: u64 = u64::MAX - 1;
+/// The `user_data` of the CQE another loop posts into this ring with
+/// `IORING_OP_MSG_RING` to wake it: nothing to do but return from the
+/// wait (the loop then drains its remote queue).
+pub(crate) const MSG_KEY: u64 = u64::MAX - 2;
+/// Tag of the sender's own completion of a `MSG_RING` (`| index` into
+/// `msg_inflight`). Slot keys never reach it; the reserved keys above
+/// are checked first.
+const MSG_SENT_TAG: u64 = 1 << 62;
+
+/// Where another loop's `MSG_RING` wake-up goes: duplicates of the
+/// target ring's fd (the SQE names it by number, so the number must stay
+/// this ring until the sender's SQE completes, whatever happens to the
+/// target loop) and its wake eventfd (the fallback when the message
+/// fails).
+pub(crate) struct MsgTarget {
+    ring: std::os::fd::OwnedFd,
+    wake: std::sync::Arc<std::os::fd::OwnedFd>,
+}
+
+impl MsgTarget {
+    /// Writes the target's eventfd (its `READ` is always armed).
+    fn wake_by_eventfd(&self) {
+        // An eventfd write only fails if the counter would overflow, in
+        // which case the target is awake anyway.
+        let _ = nix::unistd::write(&*self.wake, &1u64.to_ne_bytes());
+    }
+}
 
 const ENTER_GETEVENTS: u32 = 1 << 0;
 const ENTER_SQ_WAKEUP: u32 = 1 << 1;
@@ -151,6 +178,9 @@ pub(crate) struct Uring {
     /// never used.
     free_bgids: Vec<u16>,
     next_bgid: u32,
+    /// `MSG_RING` wake-ups sent whose own CQE has not come: their targets
+    /// (kept alive until then; see [`MsgTarget`]).
+    msg_inflight: Slab<std::sync::Arc<MsgTarget>>,
 }
 
 /// Slots of the ring's sparse registered-file table.
@@ -859,7 +889,18 @@ impl Uring {
                 self.wake_armed = false;
                 continue;
             }
-            if ud == CANCEL_KEY {
+            if ud == CANCEL_KEY || ud == MSG_KEY {
+                continue;
+            }
+            if ud & MSG_SENT_TAG != 0 {
+                // Our MSG_RING to another loop: it landed (`res` 0) or it
+                // failed (the target's ring is gone, or its CQ is full):
+                // then wake it the other way.
+                let t = self.msg_inflight.try_remove((ud & !MSG_SENT_TAG) as usize);
+                if let (Some(t), true) = (t, res < 0) {
+                    log::debug!("uringio: MSG_RING wake-up failed ({res}); using the eventfd");
+                    t.wake_by_eventfd();
+                }
                 continue;
             }
             let key = ud as usize;
@@ -928,7 +969,54 @@ impl Uring {
     }
 
     fn in_flight(&self) -> usize {
-        self.cancelling + usize::from(self.wake_armed)
+        self.cancelling + usize::from(self.wake_armed) + self.msg_inflight.len()
+    }
+
+    /// A [`MsgTarget`] for this ring, for other loops to wake it with
+    /// `MSG_RING`; `wake` is the loop's wake eventfd (the fallback).
+    pub(crate) fn msg_target(
+        &self,
+        wake: &std::sync::Arc<std::os::fd::OwnedFd>,
+    ) -> io::Result<MsgTarget> {
+        use std::os::fd::AsRawFd;
+        let fd = self.ring.as_raw_fd();
+        // SAFETY: the ring's fd is open for as long as `self.ring` lives,
+        // and we only borrow it to duplicate it.
+        let ring = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        Ok(MsgTarget {
+            ring,
+            wake: wake.clone(),
+        })
+    }
+
+    /// Queues a `MSG_RING` that posts a [`MSG_KEY`] CQE into `t`'s ring.
+    /// It goes to the kernel with this ring's next `io_uring_enter` (the
+    /// loop's next park, or [`Uring::flush_sq`] when the loop stops
+    /// running first). `false` if it could not be queued.
+    pub(crate) fn send_msg(&mut self, t: &std::sync::Arc<MsgTarget>) -> bool {
+        use std::os::fd::AsRawFd;
+        if self.closing {
+            return false;
+        }
+        let idx = self.msg_inflight.insert(t.clone());
+        let sqe = opcode::MsgRingData::new(types::Fd(t.ring.as_raw_fd()), 0, MSG_KEY, None)
+            .build()
+            .user_data(MSG_SENT_TAG | idx as u64);
+        if self.push(sqe).is_err() {
+            self.msg_inflight.remove(idx);
+            return false;
+        }
+        true
+    }
+
+    /// Submits what sits in the SQ (only `MSG_RING`s between parks: ops'
+    /// SQEs wait in `pending`), without waiting.
+    pub(crate) fn flush_sq(&mut self) {
+        if !self.ring.submission().is_empty() {
+            if let Err(e) = self.ring.submit() {
+                log::warn!("uringio: submitting MSG_RING wake-ups: {e}");
+            }
+        }
     }
 }
 
@@ -989,6 +1077,11 @@ impl Drop for Uring {
             }
             let buf = std::mem::replace(&mut self.wake_buf, Box::new([0; 8]));
             std::mem::forget(buf);
+            // Their target fds are only numbers the kernel may still
+            // read: keep them open.
+            for t in self.msg_inflight.drain() {
+                std::mem::forget(t);
+            }
         }
     }
 }

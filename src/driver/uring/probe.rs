@@ -366,6 +366,7 @@ impl Uring {
                 woken: Vec::new(),
                 free_bgids: Vec::new(),
                 next_bgid: 0,
+                msg_inflight: Slab::new(),
             },
             features,
         ))

@@ -16,11 +16,13 @@ use super::{MapOp, UCred, UnixSocketAddr};
 use crate::BufResult;
 use crate::buf::{IoBuf, IoBufMut};
 use crate::driver::Cancellable;
+use crate::driver::bufring::RecvLeftover;
 use crate::driver::op::net as ops;
 use crate::driver::op::unix as uops;
 use crate::driver::op::{AcceptMulti, Op};
 use crate::driver::uring::FdBacklog;
 use crate::net::Socket;
+use crate::net::recv::{HasLeftover, ReadFirst};
 use crate::runtime::context;
 
 /// A Unix-domain listening socket.
@@ -189,6 +191,9 @@ impl futures_core::Stream for UnixIncoming<'_> {
 /// A Unix-domain stream connection.
 pub struct UnixStream {
     sock: Socket,
+    /// Bytes a dropped [`copy_bidirectional`](crate::net::copy_bidirectional)
+    /// handed back; made by the first copy.
+    leftover: std::cell::RefCell<Option<RecvLeftover>>,
 }
 
 impl std::fmt::Debug for UnixStream {
@@ -208,7 +213,16 @@ impl UnixStream {
     pub(crate) fn from_fd(fd: OwnedFd) -> UnixStream {
         UnixStream {
             sock: Socket::new(fd),
+            leftover: Default::default(),
         }
+    }
+
+    /// The socket's leftover queue, made on first use.
+    pub(crate) fn leftover(&self) -> RecvLeftover {
+        self.leftover
+            .borrow_mut()
+            .get_or_insert_with(Default::default)
+            .clone()
     }
 
     /// Takes over a connected std stream (made non-blocking).
@@ -257,11 +271,13 @@ impl UnixStream {
     }
 
     /// Reads into `buf`'s spare capacity; `Ok(0)` at end of stream.
+    /// Bytes a dropped [`copy_bidirectional`](crate::net::copy_bidirectional)
+    /// handed back come first.
     ///
     /// Descriptors the peer sent with these bytes are closed by the
     /// kernel: use [`recv_with_fds`](Self::recv_with_fds) to take them.
     pub fn read<B: IoBufMut>(&self, buf: B) -> impl Cancellable<Output = BufResult<usize, B>> + '_ {
-        self.read_op(buf)
+        ReadFirst::new(self, buf, crate::buf::fill_from, Self::read_op)
     }
 
     /// [`read`](Self::read) as its op type (for the transport layer).
@@ -310,11 +326,24 @@ impl UnixStream {
         ops::write_all(self.sock.fd(), buf, None, true, fixed).await
     }
 
-    /// Reads into several buffers' spare capacity, in order.
+    /// Reads into several buffers' spare capacity, in order. Bytes a
+    /// dropped [`copy_bidirectional`](crate::net::copy_bidirectional)
+    /// handed back come first.
     pub fn readv<B: IoBufMut>(
         &self,
         bufs: Vec<B>,
     ) -> impl Cancellable<Output = BufResult<usize, Vec<B>>> + '_ {
+        ReadFirst::new(
+            self,
+            bufs,
+            |v: &mut Vec<B>, s| crate::net::tcp::fill_vec(v, s),
+            Self::readv_op,
+        )
+    }
+
+    /// [`readv`](Self::readv) as its op type, without the handed-back
+    /// bytes.
+    fn readv_op<B: IoBufMut>(&self, bufs: Vec<B>) -> Op<ops::ReadV<B>> {
         Op::new(ops::ReadV::new(self.sock.fd(), bufs, None, true))
     }
 
@@ -393,6 +422,18 @@ impl UnixStream {
     pub fn into_split(self) -> (UnixReadHalf, UnixWriteHalf) {
         let s = Rc::new(self);
         (UnixReadHalf { s: s.clone() }, UnixWriteHalf { s })
+    }
+}
+
+impl HasLeftover for UnixStream {
+    fn pending_leftover(&self) -> Option<RecvLeftover> {
+        let l = self.leftover.borrow();
+        let l = l.as_ref()?;
+        let busy = {
+            let b = l.borrow();
+            !b.items.is_empty() || b.in_flight > 0
+        };
+        busy.then(|| l.clone())
     }
 }
 
