@@ -19,6 +19,7 @@
 
 pub(crate) mod blocking;
 pub(crate) mod bufring;
+pub(crate) mod direct;
 pub(crate) mod epoll;
 pub(crate) mod op;
 #[cfg(test)]

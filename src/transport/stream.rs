@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -35,6 +36,7 @@ use super::Protocol;
 use crate::BufResult;
 use crate::buf::{IoBuf, Slice};
 use crate::driver::op::{Op, rw};
+use crate::driver::{self, Driver, direct};
 use crate::net::{RecvMulti, TcpStream};
 use crate::runtime::{ExceptionContext, get_running_loop};
 use crate::task::Task;
@@ -93,6 +95,17 @@ pub(crate) trait Conn: 'static {
         let _ = this;
         None
     }
+    /// The socket, for plain non-blocking `recv`/`send` system calls made
+    /// by the transport itself on an epoll loop (`None`: not a socket; the
+    /// transport then uses ops).
+    fn sock_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// Bytes a dropped receive left with the socket, which only the
+    /// receive stream hands over (plain `recv` would skip them).
+    fn has_leftover(&self) -> bool {
+        false
+    }
     /// Shuts the write side (`None` if it cannot: `can_write_eof` false).
     fn shutdown_write(&self) -> Option<io::Result<()>>;
     /// Whether `write_eof` is possible.
@@ -117,9 +130,10 @@ pub(crate) trait Conn: 'static {
 
 /// `Conn` for a socket stream type with `read_op`/`write_op`/`writev_op`,
 /// `shutdown` and addresses of kind `$addr`; `$ring` gives its receive
-/// stream from the loop's buffer ring, if it has one.
+/// stream from the loop's buffer ring, if it has one; `$left` says whether
+/// a dropped receive left it bytes.
 macro_rules! socket_conn {
-    ($t:ty, $addr:path, |$s:ident| $ring:expr) => {
+    ($t:ty, $addr:path, |$s:ident| $ring:expr, |$l:ident| $left:expr) => {
         impl Conn for $t {
             type Recv = Op<rw::Read<Vec<u8>>>;
             type Send = Op<rw::Write<Slice<Vec<u8>>>>;
@@ -137,6 +151,13 @@ macro_rules! socket_conn {
                 let $s = this;
                 $ring
             }
+            fn sock_fd(&self) -> Option<BorrowedFd<'_>> {
+                Some(self.as_fd())
+            }
+            fn has_leftover(&self) -> bool {
+                let $l = self;
+                $left
+            }
             fn shutdown_write(&self) -> Option<io::Result<()>> {
                 Some(self.shutdown(std::net::Shutdown::Write))
             }
@@ -153,12 +174,19 @@ macro_rules! socket_conn {
     };
 }
 
-socket_conn!(TcpStream, SockAddr::Inet, |s| {
-    let ring = crate::buf::BufRing::loop_default().ok()?;
-    Some(TcpStream::recv_multishot_shared(s, &ring))
-});
+socket_conn!(
+    TcpStream,
+    SockAddr::Inet,
+    |s| {
+        let ring = crate::buf::BufRing::loop_default().ok()?;
+        Some(TcpStream::recv_multishot_shared(s, &ring))
+    },
+    |s| s.pending_leftover().is_some()
+);
 // Unix streams have no multishot receive yet: plain receives.
-socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None);
+socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None, |_s| {
+    false
+});
 
 /// What the core asks of a connection, without its type (the core is
 /// not generic).
@@ -743,6 +771,7 @@ pub(crate) fn start_with<C: Conn>(
         send: None,
         read_done: false,
         uses_ring: false,
+        direct: None,
     };
     let task = crate::spawn(async move {
         let mut guard = guard;
@@ -781,6 +810,77 @@ struct Pump<C: Conn> {
     read_done: bool,
     /// Receives come from the buffer ring (`multi`), re-made after a pause.
     uses_ring: bool,
+    /// On an epoll loop, a socket is read and written with plain system
+    /// calls made here (see [`DirectIo`]) rather than with ops.
+    direct: Option<DirectIo>,
+}
+
+/// A socket transport on an epoll loop: `recv` into the thread's scratch
+/// buffer and `send`/`sendmsg` straight from the write buffer, made by the
+/// connection's task itself; readiness is waited for only after `EAGAIN`
+/// (or, for receives, after a short read drained the socket: the next
+/// input edge says when to try again, as the epoll ops do). Per message
+/// this saves what an op adds to its system call (a boxed send, an owned
+/// receive buffer taken from and given back to the ring, the op's state
+/// machine) and keeps the receive buffer hot in cache: one per thread,
+/// free again as soon as `data_received` returns, so idle connections
+/// hold no buffer either.
+struct DirectIo {
+    driver: Rc<Driver>,
+    fd: RawFd,
+    /// Our readiness waiters (see `Epoll::wait_ready`), input and output.
+    rtoken: Option<u64>,
+    wtoken: Option<u64>,
+}
+
+impl DirectIo {
+    /// Waits for `fd` to become readable (`write` false) or writable.
+    fn wait(&mut self, write: bool, cx: &mut Context<'_>) -> io::Result<()> {
+        let token = if write {
+            &mut self.wtoken
+        } else {
+            &mut self.rtoken
+        };
+        driver::epoll_wait_ready(&self.driver, self.fd, write, cx.waker(), token)
+    }
+
+    /// Stops waiting in direction `write` (the call it waited for went
+    /// through), so an idle socket keeps no waiter.
+    fn unwait(&mut self, write: bool) {
+        let token = if write {
+            &mut self.wtoken
+        } else {
+            &mut self.rtoken
+        };
+        if let Some(t) = token.take() {
+            driver::epoll_unwait(&self.driver, self.fd, write, t);
+        }
+    }
+}
+
+impl Drop for DirectIo {
+    fn drop(&mut self) {
+        self.unwait(false);
+        self.unwait(true);
+    }
+}
+
+thread_local! {
+    /// The receive buffer of every direct transport on this thread: a
+    /// receive is handed to `data_received` and the buffer is free again
+    /// when it returns (made on first use).
+    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the thread's scratch receive buffer (a fresh one if it
+/// is in use, which a callback cannot make happen: transports are tasks).
+fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = SCRATCH
+        .take()
+        .unwrap_or_else(|| vec![0u8; READ_SIZE].into_boxed_slice());
+    let r = f(&mut buf);
+    SCRATCH.set(Some(buf));
+    r
 }
 
 /// A plain receive (into a buffer of the connection's own).
@@ -823,6 +923,9 @@ impl<C: Conn> Pump<C> {
     }
 
     fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.multi_tried {
+            self.setup();
+        }
         loop {
             let w = self.poll_send(cx);
             if matches!(w, Step::Done) {
@@ -841,6 +944,157 @@ impl<C: Conn> Pump<C> {
         }
     }
 
+    /// Chooses how to receive and send, at the first poll: a socket on an
+    /// epoll loop goes direct (unless bytes a dropped receive left must be
+    /// read through the receive stream first); else ops, receiving from
+    /// the loop's buffer ring where the connection has one.
+    fn setup(&mut self) {
+        self.multi_tried = true;
+        if let Some(fd) = self.conn.sock_fd() {
+            if let Some(d) = driver::current() {
+                if !d.is_uring() && !self.conn.has_leftover() {
+                    self.direct = Some(DirectIo {
+                        driver: d,
+                        fd: fd.as_raw_fd(),
+                        rtoken: None,
+                        wtoken: None,
+                    });
+                    return;
+                }
+            }
+        }
+        self.multi = C::recv_stream(&self.conn);
+        self.uses_ring = self.multi.is_some();
+    }
+
+    /// Direct: sends what is buffered (one `send`, or one `sendmsg` of up
+    /// to 64 buffers), now.
+    fn send_direct(&mut self, cx: &mut Context<'_>) -> Step {
+        let Some(d) = self.direct.as_mut() else {
+            return Step::Idle;
+        };
+        let Some(fd) = self.conn.sock_fd() else {
+            return Step::Idle;
+        };
+        let mut st = self.core.st.borrow_mut();
+        let off = st.head_off;
+        let res = if st.bufs.len() == 1 {
+            direct::send(fd, &st.bufs[0][off..])
+        } else {
+            let mut iov = [std::io::IoSlice::new(&[]); direct::MAX_IOV];
+            let mut n = 0;
+            for (i, b) in st.bufs.iter().take(direct::MAX_IOV).enumerate() {
+                iov[i] = std::io::IoSlice::new(if i == 0 { &b[off..] } else { b });
+                n = i + 1;
+            }
+            direct::send_vectored(fd, &iov[..n])
+        };
+        match res {
+            Ok(0) => {
+                drop(st);
+                self.core.lose(Some(io::ErrorKind::WriteZero.into()));
+                Step::Done
+            }
+            Ok(mut n) => {
+                st.buffered -= n;
+                // Drop what went out; a partly sent buffer stays in front,
+                // the rest of it sent next from where this send stopped.
+                while n > 0 {
+                    let left = st.bufs[0].len() - st.head_off;
+                    if n < left {
+                        st.head_off += n;
+                        break;
+                    }
+                    n -= left;
+                    st.head_off = 0;
+                    if let Some(mut b) = st.bufs.pop_front() {
+                        if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
+                            b.clear();
+                            st.spare.push(b);
+                        }
+                    }
+                }
+                drop(st);
+                d.unwait(true);
+                self.core.maybe_resume();
+                Step::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drop(st);
+                match d.wait(true, cx) {
+                    Ok(()) => Step::Idle,
+                    Err(e) => {
+                        self.core.lose(Some(e));
+                        Step::Done
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Err(e) => {
+                drop(st);
+                self.core.lose(Some(e));
+                Step::Done
+            }
+        }
+    }
+
+    /// Direct: receives into the thread's scratch buffer and hands the
+    /// bytes to `data_received`.
+    fn recv_direct(&mut self, cx: &mut Context<'_>, paused: bool) -> Step {
+        let Some(d) = self.direct.as_mut() else {
+            return Step::Idle;
+        };
+        if paused {
+            // Nothing is read: the kernel's buffer fills.
+            d.unwait(false);
+            return Step::Idle;
+        }
+        let Some(fd) = self.conn.sock_fd() else {
+            return Step::Idle;
+        };
+        // A short read drained the socket and no input edge came since:
+        // a receive would only see EAGAIN.
+        let res: io::Result<()> = if driver::epoll_read_drained(&d.driver, d.fd) {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(())
+        };
+        let core = &self.core;
+        let r = res.and_then(|()| {
+            with_scratch(|buf| {
+                let n = direct::recv(fd, buf)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                if n < buf.len() {
+                    driver::epoll_mark_read_drained(&d.driver, d.fd);
+                }
+                d.unwait(false);
+                Ok(Some(core.call(|p| p.data_received(&buf[..n])).is_some()))
+            })
+        });
+        match r {
+            Ok(Some(true)) => Step::Progress,
+            Ok(Some(false)) => Step::Done,
+            Ok(None) => {
+                d.unwait(false);
+                self.eof()
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match d.wait(false, cx) {
+                Ok(()) => Step::Idle,
+                Err(e) => {
+                    self.core.lose(Some(e));
+                    Step::Done
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Err(e) => {
+                self.core.lose(Some(e));
+                Step::Done
+            }
+        }
+    }
+
     /// Starts a send of what is buffered, or finishes the one in flight.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Step {
         if self.send.is_none() {
@@ -849,6 +1103,10 @@ impl<C: Conn> Pump<C> {
                 return Step::Done;
             }
             if !st.bufs.is_empty() {
+                if self.direct.is_some() {
+                    drop(st);
+                    return self.send_direct(cx);
+                }
                 if st.bufs.len() == 1 || st.head_off > 0 {
                     // One buffer, or the rest of a partly sent one (sent
                     // alone, from where the last send stopped).
@@ -1039,12 +1297,13 @@ impl<C: Conn> Pump<C> {
             self.read_done = true;
             self.plain = None;
             self.multi = None;
+            if let Some(d) = self.direct.as_mut() {
+                d.unwait(false);
+            }
             return Step::Progress;
         }
-        if !self.multi_tried {
-            self.multi_tried = true;
-            self.multi = C::recv_stream(&self.conn);
-            self.uses_ring = self.multi.is_some();
+        if self.direct.is_some() {
+            return self.recv_direct(cx, paused);
         }
         if self.uses_ring {
             return self.poll_ring(cx, paused);
