@@ -35,6 +35,10 @@
 //!   threads are always busy, so server CPU per message is just the inverse
 //!   of throughput; below saturation the server idles and CPU per message
 //!   shows what each runtime really spends (wake-ups included).
+//! - `ECHO_RETRY`  re-run a run during which other processes used more
+//!   than 0.1 CPU, up to this many times, keeping the least disturbed
+//!   (default 0). On a machine shared with compilers this keeps the
+//!   throughput columns meaningful.
 //! - `ECHO_SATURATE` `0` to skip the saturating load (only the `ECHO_RATE`
 //!   ones run)
 //!
@@ -499,6 +503,8 @@ struct Settings {
     conns: usize,
     /// How long to wait for other processes to go quiet before each run.
     quiet_wait: Duration,
+    /// Re-runs of a disturbed run (`ECHO_RETRY`).
+    retries: usize,
 }
 
 /// How hard the client pushes.
@@ -725,6 +731,7 @@ fn main() {
         warmup: env_num("ECHO_WARMUP", 1.0),
         conns: env_num("ECHO_CONNS", 64usize),
         quiet_wait: Duration::from_secs_f64(env_num("ECHO_QUIET_WAIT", 30.0)),
+        retries: env_num("ECHO_RETRY", 0usize),
     };
     let rounds: usize = env_num("ECHO_ROUNDS", 3usize).max(1);
     let sizes: Vec<usize> = std::env::var("ECHO_SIZES")
@@ -815,10 +822,28 @@ fn measure(
         for i in 0..servers.len() {
             let idx = (i + round) % servers.len();
             let kind = servers[idx];
-            wait_for_quiet(settings.quiet_wait);
-            let srv = start_server(kind);
-            let s = run_load(client, &srv, size, load, settings);
-            srv.shutdown();
+            let mut s: Option<Sample> = None;
+            for attempt in 0..=settings.retries {
+                wait_for_quiet(settings.quiet_wait);
+                let srv = start_server(kind);
+                let t = run_load(client, &srv, size, load, settings);
+                srv.shutdown();
+                let noisy = t.others > 0.1;
+                if s.as_ref().is_none_or(|b| t.others < b.others) {
+                    s = Some(t);
+                }
+                if !noisy {
+                    break;
+                }
+                if attempt < settings.retries {
+                    eprintln!(
+                        "  (run of {} disturbed: other processes used {:.2} CPUs; again)",
+                        kind.name(),
+                        s.as_ref().map_or(0.0, |b| b.others)
+                    );
+                }
+            }
+            let s = s.expect("at least one run");
             eprintln!(
                 "  {size:>6} B  {label}  round {}  {:<22} {:>10.0} msgs/s  server {:>6.0} ns/msg  \
                  client {:>6.0} ns/msg  other processes {:.2} CPUs",

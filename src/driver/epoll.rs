@@ -416,6 +416,23 @@ impl Epoll {
         }
     }
 
+    /// A stream read on `fd` drained it (came back short, or `EAGAIN`):
+    /// waits for the next input edge ([`wait_ready`](Self::wait_ready))
+    /// and marks the fd so that reads skip their attempt until the edge
+    /// comes ([`mark_read_drained`](Self::mark_read_drained)), in one call.
+    /// Whether it marked the fd: not once the peer closed (reads return
+    /// at once, and no edge is to come), so the caller must read again.
+    pub(crate) fn drained_wait(
+        &mut self,
+        fd: RawFd,
+        waker: &Waker,
+        token: &mut Option<u64>,
+    ) -> io::Result<bool> {
+        self.wait_ready(fd, false, waker, token)?;
+        self.mark_read_drained(fd);
+        Ok(self.read_drained(fd))
+    }
+
     /// Pool jobs reported but not yet taken in.
     pub(crate) fn has_reports(&self) -> bool {
         !self

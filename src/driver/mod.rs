@@ -469,6 +469,21 @@ pub(crate) fn epoll_read_drained(driver: &Driver, fd: i32) -> bool {
     }
 }
 
+/// A stream read on `fd` drained it: wait for input, skipping reads until
+/// it comes (epoll only; see [`epoll::Epoll::drained_wait`]). Whether the
+/// fd was marked drained (`false`: read again, no edge is to come).
+pub(crate) fn epoll_drained_wait(
+    driver: &Driver,
+    fd: i32,
+    waker: &Waker,
+    token: &mut Option<u64>,
+) -> io::Result<bool> {
+    match &mut *driver.inner.borrow_mut() {
+        Backends::Epoll(e) => e.drained_wait(fd, waker, token),
+        Backends::Uring(_) => Ok(false),
+    }
+}
+
 /// A stream read on `fd` returned less than it asked for (epoll only).
 pub(crate) fn epoll_mark_read_drained(driver: &Driver, fd: i32) {
     if let Backends::Epoll(e) = &mut *driver.inner.borrow_mut() {

@@ -831,6 +831,11 @@ struct DirectIo {
     /// Our readiness waiters (see `Epoll::wait_ready`), input and output.
     rtoken: Option<u64>,
     wtoken: Option<u64>,
+    /// A receive drained the socket during this poll, the input waiter is
+    /// registered and the driver marked the fd drained (it does not once
+    /// the peer closed: no edge would come): no need to ask the driver
+    /// again, or to receive, before the next poll.
+    drained: bool,
 }
 
 impl DirectIo {
@@ -907,6 +912,10 @@ impl<C: Conn> Pump<C> {
         // While this poll runs, wake-ups are spent: a `write` made by a
         // callback below is seen by the loop here, not through a wake.
         self.core.st.borrow_mut().polling = true;
+        if let Some(d) = self.direct.as_mut() {
+            // Input may have come since the last poll.
+            d.drained = false;
+        }
         let r = self.poll_steps(cx);
         let mut st = self.core.st.borrow_mut();
         st.polling = false;
@@ -958,6 +967,7 @@ impl<C: Conn> Pump<C> {
                         fd: fd.as_raw_fd(),
                         rtoken: None,
                         wtoken: None,
+                        drained: false,
                     });
                     return;
                 }
@@ -1039,7 +1049,11 @@ impl<C: Conn> Pump<C> {
     }
 
     /// Direct: receives into the thread's scratch buffer and hands the
-    /// bytes to `data_received`.
+    /// bytes to `data_received`. The input waiter stays registered while
+    /// reading goes on (an idle reader waits anyway), so a message costs
+    /// no unregistering: a receive that drains the socket registers it (if
+    /// the last edge used it up) and marks the fd drained in one call, and
+    /// later polls skip the receive until an input edge clears the mark.
     fn recv_direct(&mut self, cx: &mut Context<'_>, paused: bool) -> Step {
         let Some(d) = self.direct.as_mut() else {
             return Step::Idle;
@@ -1047,32 +1061,34 @@ impl<C: Conn> Pump<C> {
         if paused {
             // Nothing is read: the kernel's buffer fills.
             d.unwait(false);
+            d.drained = false;
+            return Step::Idle;
+        }
+        if d.drained {
+            // Drained earlier in this poll, waiting already.
             return Step::Idle;
         }
         let Some(fd) = self.conn.sock_fd() else {
             return Step::Idle;
         };
-        // A short read drained the socket and no input edge came since:
-        // a receive would only see EAGAIN.
-        let res: io::Result<()> = if driver::epoll_read_drained(&d.driver, d.fd) {
+        let r: io::Result<Option<bool>> = if driver::epoll_read_drained(&d.driver, d.fd) {
+            // No input edge since the socket was drained: a receive would
+            // only see EAGAIN.
             Err(io::ErrorKind::WouldBlock.into())
         } else {
-            Ok(())
-        };
-        let core = &self.core;
-        let r = res.and_then(|()| {
+            let core = &self.core;
             with_scratch(|buf| {
                 let n = direct::recv(fd, buf)?;
                 if n == 0 {
                     return Ok(None);
                 }
                 if n < buf.len() {
-                    driver::epoll_mark_read_drained(&d.driver, d.fd);
+                    d.drained =
+                        driver::epoll_drained_wait(&d.driver, d.fd, cx.waker(), &mut d.rtoken)?;
                 }
-                d.unwait(false);
                 Ok(Some(core.call(|p| p.data_received(&buf[..n])).is_some()))
             })
-        });
+        };
         match r {
             Ok(Some(true)) => Step::Progress,
             Ok(Some(false)) => Step::Done,
@@ -1080,13 +1096,21 @@ impl<C: Conn> Pump<C> {
                 d.unwait(false);
                 self.eof()
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match d.wait(false, cx) {
-                Ok(()) => Step::Idle,
-                Err(e) => {
-                    self.core.lose(Some(e));
-                    Step::Done
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match driver::epoll_drained_wait(&d.driver, d.fd, cx.waker(), &mut d.rtoken) {
+                    Ok(true) => {
+                        d.drained = true;
+                        Step::Idle
+                    }
+                    // Not marked: the peer closed (no edge will come; the
+                    // next receive sees the end) or the fd is not watched.
+                    Ok(false) => Step::Progress,
+                    Err(e) => {
+                        self.core.lose(Some(e));
+                        Step::Done
+                    }
                 }
-            },
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
             Err(e) => {
                 self.core.lose(Some(e));
