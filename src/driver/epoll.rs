@@ -41,6 +41,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -219,6 +220,9 @@ type Abandoned = (Box<dyn Any>, LateHook);
 /// Keys of pool jobs that finished, handed from pool threads to the loop.
 struct Inbox {
     done: Mutex<Vec<usize>>,
+    /// Set after a key is pushed to `done`: the loop looks at this flag on
+    /// every park, and takes the lock only when it is set.
+    pending: AtomicBool,
     unpark: Arc<dyn Unpark>,
 }
 
@@ -301,6 +305,7 @@ impl Epoll {
             pool,
             inbox: Arc::new(Inbox {
                 done: Mutex::new(Vec::new()),
+                pending: AtomicBool::new(false),
                 unpark,
             }),
             blocking: Slab::new(),
@@ -435,12 +440,7 @@ impl Epoll {
 
     /// Pool jobs reported but not yet taken in.
     pub(crate) fn has_reports(&self) -> bool {
-        !self
-            .inbox
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.inbox.pending.load(Ordering::Acquire)
     }
 
     /// Waits up to `timeout` for readiness; the wakers to run go to
@@ -503,6 +503,9 @@ impl Epoll {
             }
         }
         drop(fds);
+        if !self.inbox.pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         let done = std::mem::take(&mut *self.inbox.done.lock().unwrap_or_else(|e| e.into_inner()));
         for key in done {
             self.complete_blocking(key, wake, garbage);
@@ -537,6 +540,7 @@ impl Epoll {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(key);
+            inbox.pending.store(true, Ordering::Release);
             inbox.unpark.unpark();
         }));
         key
