@@ -216,9 +216,6 @@ impl<C: Conn> ConnInfo for C {
 struct State {
     /// Bytes `write` buffered, not yet handed to a send.
     bufs: VecDeque<Vec<u8>>,
-    /// Sent buffers, reused so that steady traffic allocates nothing per
-    /// write.
-    spare: Vec<Vec<u8>>,
     buffered: usize,
     /// Bytes in the send in flight.
     inflight: usize,
@@ -307,10 +304,7 @@ impl Transport {
                     last.extend_from_slice(data)
                 }
                 _ => {
-                    let mut v = st
-                        .spare
-                        .pop()
-                        .unwrap_or_else(|| Vec::with_capacity(data.len().max(4096)));
+                    let mut v = pooled_buf(data.len());
                     v.extend_from_slice(data);
                     st.bufs.push_back(v);
                 }
@@ -870,6 +864,45 @@ impl Drop for DirectIo {
     }
 }
 
+/// Sent write buffers kept for reuse, per thread, at most.
+const POOL_MAX: usize = 32;
+/// The largest write buffer kept for reuse.
+const POOL_BUF_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// Sent write buffers of every transport on this thread, reused last
+    /// in, first out: steady traffic allocates nothing per write, and the
+    /// next write, whichever connection makes it, gets the buffer just
+    /// sent, still in cache (buffers kept per connection would each be
+    /// cold after a round of the others, and idle connections would keep
+    /// theirs).
+    static SEND_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A write buffer for at least `len` bytes: a pooled one, or a new one.
+fn pooled_buf(len: usize) -> Vec<u8> {
+    SEND_POOL
+        .try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(len.max(4096)))
+}
+
+/// Gives a sent write buffer back to the pool (or frees it: too large, or
+/// the pool is full).
+fn recycle_buf(mut b: Vec<u8>) {
+    if b.capacity() == 0 || b.capacity() > POOL_BUF_MAX {
+        return;
+    }
+    b.clear();
+    let _ = SEND_POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(b);
+        }
+    });
+}
+
 thread_local! {
     /// The receive buffer of every direct transport on this thread: a
     /// receive is handed to `data_received` and the buffer is free again
@@ -1017,11 +1050,8 @@ impl<C: Conn> Pump<C> {
                     }
                     n -= left;
                     st.head_off = 0;
-                    if let Some(mut b) = st.bufs.pop_front() {
-                        if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
-                            b.clear();
-                            st.spare.push(b);
-                        }
+                    if let Some(b) = st.bufs.pop_front() {
+                        recycle_buf(b);
                     }
                 }
                 drop(st);
@@ -1198,7 +1228,7 @@ impl<C: Conn> Pump<C> {
     /// A single send completed: a short one puts the rest back in front.
     fn sent_one(&mut self, res: io::Result<usize>, sent: Slice<Vec<u8>>) -> io::Result<()> {
         let off = sent.begin();
-        let mut b = sent.into_inner();
+        let b = sent.into_inner();
         let len = b.len() - off;
         let n = match res {
             Ok(0) if len > 0 => return Err(io::ErrorKind::WriteZero.into()),
@@ -1213,9 +1243,9 @@ impl<C: Conn> Pump<C> {
             st.buffered += len - n;
             st.head_off = off + n;
             st.bufs.push_front(b);
-        } else if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
-            b.clear();
-            st.spare.push(b);
+        } else {
+            drop(st);
+            recycle_buf(b);
         }
         Ok(())
     }
@@ -1237,6 +1267,7 @@ impl<C: Conn> Pump<C> {
         for b in v {
             if n >= b.len() {
                 n -= b.len();
+                recycle_buf(b);
                 continue;
             }
             if n > 0 {
