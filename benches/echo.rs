@@ -344,7 +344,7 @@ fn monoio_server(ready: Ready) {
 /// on it, which a runtime would not do: the floor only has to be right
 /// for echo traffic). One `epoll_wait` per iteration, 1024 events at most.
 fn raw_epoll_server(ready: Ready) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     const LISTENER: u64 = u64::MAX;
     const STOP: u64 = u64::MAX - 1;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -367,7 +367,11 @@ fn raw_epoll_server(ready: Ready) {
         assert_eq!(r, 0, "epoll_ctl");
     };
     add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN);
-    add(stop.as_raw_fd(), STOP, libc::EPOLLIN);
+    // Watched through a duplicate: the stop closure closes its own
+    // descriptor right after writing, and a closed file leaves epoll
+    // together with its pending event.
+    let stop_watch = stop.as_fd().try_clone_to_owned().expect("dup eventfd");
+    add(stop_watch.as_raw_fd(), STOP, libc::EPOLLIN);
     ready
         .send((
             addr,

@@ -805,8 +805,9 @@ struct Pump<C: Conn> {
     /// Receives come from the buffer ring (`multi`), re-made after a pause.
     uses_ring: bool,
     /// On an epoll loop, a socket is read and written with plain system
-    /// calls made here (see [`DirectIo`]) rather than with ops.
-    direct: Option<DirectIo>,
+    /// calls made here (see [`DirectIo`]) rather than with ops. Boxed:
+    /// io_uring connections, the many idle ones, do not carry its room.
+    direct: Option<Box<DirectIo>>,
 }
 
 /// A socket transport on an epoll loop: `recv` into the thread's scratch
@@ -995,13 +996,13 @@ impl<C: Conn> Pump<C> {
         if let Some(fd) = self.conn.sock_fd() {
             if let Some(d) = driver::current() {
                 if !d.is_uring() && !self.conn.has_leftover() {
-                    self.direct = Some(DirectIo {
+                    self.direct = Some(Box::new(DirectIo {
                         driver: d,
                         fd: fd.as_raw_fd(),
                         rtoken: None,
                         wtoken: None,
                         drained: false,
-                    });
+                    }));
                     return;
                 }
             }
