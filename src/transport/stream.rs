@@ -10,6 +10,11 @@
 //! One task, not a reader and a writer: a `write` made inside
 //! `data_received` starts its send in the same poll, in the same loop
 //! iteration, with no wake-up of another task in between.
+//!
+//! On an epoll loop a socket's two "ops" are plain system calls the task
+//! makes itself ([`DirectIo`]): `recv` into a per-thread scratch buffer,
+//! `send`/`sendmsg` from the write buffer, readiness waited for only when
+//! the socket has nothing (more) to give or take.
 //! ## States
 //! ```text
 //! open ──close()──▶ closing (no more reads; writer flushes) ──flushed──▶ lost
