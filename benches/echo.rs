@@ -25,7 +25,8 @@
 //!   `uring,epoll,uring-proto,epoll-proto,tokio,monoio` (the `-proto`
 //!   servers use the transport layer: a `Protocol` echo), or `raw-uring`:
 //!   the floor, an echo on a bare io_uring with no runtime at all (see
-//!   `raw_uring_server`; only run when named)
+//!   `raw_uring_server`; only run when named), or `raw-epoll`: the same
+//!   on a bare edge-triggered epoll (`raw_epoll_server`)
 //! - `ECHO_CLIENT` `uringio` (default) or `tokio`: the load generator
 //! - `ECHO_QUIET_WAIT` seconds to wait before each run for other processes
 //!   to use under 0.1 CPU (default 30; 0 to not wait). Runs that still saw
@@ -35,6 +36,10 @@
 //!   threads are always busy, so server CPU per message is just the inverse
 //!   of throughput; below saturation the server idles and CPU per message
 //!   shows what each runtime really spends (wake-ups included).
+//! - `ECHO_RETRY`  re-run a run during which other processes used more
+//!   than 0.1 CPU, up to this many times, keeping the least disturbed
+//!   (default 0). On a machine shared with compilers this keeps the
+//!   throughput columns meaningful.
 //! - `ECHO_SATURATE` `0` to skip the saturating load (only the `ECHO_RATE`
 //!   ones run)
 //!
@@ -72,6 +77,8 @@ enum Server {
     Monoio,
     /// Not run unless `ECHO_ONLY` names it.
     RawUring,
+    /// Not run unless `ECHO_ONLY` names it.
+    RawEpoll,
 }
 
 impl Server {
@@ -87,6 +94,7 @@ impl Server {
     fn name(self) -> &'static str {
         match self {
             Server::RawUring => "bare io_uring, no runtime",
+            Server::RawEpoll => "bare epoll, no runtime",
             Server::UringIo => "uringio io_uring",
             Server::Epoll => "uringio epoll",
             Server::UringProto => "uringio io_uring Protocol",
@@ -99,6 +107,7 @@ impl Server {
     fn key(self) -> &'static str {
         match self {
             Server::RawUring => "raw-uring",
+            Server::RawEpoll => "raw-epoll",
             Server::UringIo => "uring",
             Server::Epoll => "epoll",
             Server::UringProto => "uring-proto",
@@ -138,6 +147,7 @@ fn start_server(kind: Server) -> RunningServer {
                 Server::Tokio => tokio_server(tx),
                 Server::Monoio => monoio_server(tx),
                 Server::RawUring => raw_uring_server(tx),
+                Server::RawEpoll => raw_epoll_server(tx),
             }
         })
         .expect("spawn server thread");
@@ -325,6 +335,145 @@ fn monoio_server(ready: Ready) {
     });
 }
 
+/// The epoll floor: an echo on a bare edge-triggered epoll, no runtime,
+/// no tasks, no wakers, no allocation per message, one thread-wide
+/// receive buffer. Per readiness event: `recv` until a short read (the
+/// socket is then drained; the next edge says when to read again), each
+/// chunk sent straight back with `send` (a send the socket cannot take
+/// whole — never, at these sizes — is finished blocking-free by spinning
+/// on it, which a runtime would not do: the floor only has to be right
+/// for echo traffic). One `epoll_wait` per iteration, 1024 events at most.
+fn raw_epoll_server(ready: Ready) {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    const LISTENER: u64 = u64::MAX;
+    const STOP: u64 = u64::MAX - 1;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("local_addr");
+    let stop = nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+        .expect("eventfd");
+    // SAFETY: plain syscall; checked below.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0, "epoll_create1");
+    // SAFETY: a fresh descriptor we own.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    let add = |fd: i32, token: u64, events: i32| {
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll fd, open fd, valid event pointer.
+        let r = unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        assert_eq!(r, 0, "epoll_ctl");
+    };
+    add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN);
+    // Watched through a duplicate: the stop closure closes its own
+    // descriptor right after writing, and a closed file leaves epoll
+    // together with its pending event.
+    let stop_watch = stop.as_fd().try_clone_to_owned().expect("dup eventfd");
+    add(stop_watch.as_raw_fd(), STOP, libc::EPOLLIN);
+    ready
+        .send((
+            addr,
+            Box::new(move || {
+                let _ = stop.write(1);
+            }),
+        ))
+        .expect("main thread gone");
+    let mut conns: Vec<Option<OwnedFd>> = Vec::new();
+    let mut buf = vec![0u8; SERVER_BUF];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    loop {
+        // SAFETY: the events buffer is valid for its length.
+        let n = unsafe {
+            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1)
+        };
+        for ev in &events[..n.max(0) as usize] {
+            match ev.u64 {
+                STOP => return,
+                LISTENER => {
+                    while let Ok((s, _)) = listener.accept() {
+                        s.set_nodelay(true).expect("TCP_NODELAY");
+                        s.set_nonblocking(true).expect("nonblocking");
+                        let fd = OwnedFd::from(s);
+                        let i = fd.as_raw_fd() as usize;
+                        add(
+                            fd.as_raw_fd(),
+                            i as u64,
+                            libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET,
+                        );
+                        if conns.len() <= i {
+                            conns.resize_with(i + 1, || None);
+                        }
+                        conns[i] = Some(fd);
+                    }
+                }
+                i => {
+                    let i = i as usize;
+                    let Some(fd) = conns[i].as_ref().map(|f| f.as_raw_fd()) else {
+                        continue;
+                    };
+                    let mut close = false;
+                    loop {
+                        // SAFETY: buf is writable for its length; fd is open.
+                        // Bare system calls, as uringio makes them (glibc's
+                        // recv/send toggle thread cancellation around each).
+                        let r = unsafe {
+                            libc::syscall(
+                                libc::SYS_recvfrom,
+                                fd,
+                                buf.as_mut_ptr(),
+                                buf.len(),
+                                0,
+                                0usize,
+                                0usize,
+                            )
+                        };
+                        if r <= 0 {
+                            close = r == 0
+                                || std::io::Error::last_os_error().kind()
+                                    != std::io::ErrorKind::WouldBlock;
+                            break;
+                        }
+                        let len = r as usize;
+                        let mut sent = 0;
+                        while sent < len {
+                            // SAFETY: buf[sent..len] is readable; fd is open.
+                            let w = unsafe {
+                                libc::syscall(
+                                    libc::SYS_sendto,
+                                    fd,
+                                    buf[sent..len].as_ptr(),
+                                    len - sent,
+                                    libc::MSG_NOSIGNAL,
+                                    0usize,
+                                    0usize,
+                                )
+                            };
+                            if w < 0 {
+                                if std::io::Error::last_os_error().kind()
+                                    != std::io::ErrorKind::WouldBlock
+                                {
+                                    close = true;
+                                    break;
+                                }
+                                continue;
+                            }
+                            sent += w as usize;
+                        }
+                        if close || len < buf.len() {
+                            break;
+                        }
+                    }
+                    if close {
+                        conns[i] = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The floor a runtime is measured against: an echo on a bare io_uring,
 /// no runtime, no tasks, no wakers, no allocation per message. Per
 /// message one `RECV` into the connection's buffer and one `SEND` back;
@@ -499,6 +648,8 @@ struct Settings {
     conns: usize,
     /// How long to wait for other processes to go quiet before each run.
     quiet_wait: Duration,
+    /// Re-runs of a disturbed run (`ECHO_RETRY`).
+    retries: usize,
 }
 
 /// How hard the client pushes.
@@ -725,6 +876,7 @@ fn main() {
         warmup: env_num("ECHO_WARMUP", 1.0),
         conns: env_num("ECHO_CONNS", 64usize),
         quiet_wait: Duration::from_secs_f64(env_num("ECHO_QUIET_WAIT", 30.0)),
+        retries: env_num("ECHO_RETRY", 0usize),
     };
     let rounds: usize = env_num("ECHO_ROUNDS", 3usize).max(1);
     let sizes: Vec<usize> = std::env::var("ECHO_SIZES")
@@ -756,7 +908,7 @@ fn main() {
     let servers: Vec<Server> = match std::env::var("ECHO_ONLY") {
         Ok(v) if !v.trim().is_empty() => Server::ALL
             .into_iter()
-            .chain([Server::RawUring])
+            .chain([Server::RawUring, Server::RawEpoll])
             .filter(|s| v.split(',').any(|k| k.trim() == s.key()))
             .collect(),
         _ => Server::ALL.to_vec(),
@@ -815,10 +967,28 @@ fn measure(
         for i in 0..servers.len() {
             let idx = (i + round) % servers.len();
             let kind = servers[idx];
-            wait_for_quiet(settings.quiet_wait);
-            let srv = start_server(kind);
-            let s = run_load(client, &srv, size, load, settings);
-            srv.shutdown();
+            let mut s: Option<Sample> = None;
+            for attempt in 0..=settings.retries {
+                wait_for_quiet(settings.quiet_wait);
+                let srv = start_server(kind);
+                let t = run_load(client, &srv, size, load, settings);
+                srv.shutdown();
+                let noisy = t.others > 0.1;
+                if s.as_ref().is_none_or(|b| t.others < b.others) {
+                    s = Some(t);
+                }
+                if !noisy {
+                    break;
+                }
+                if attempt < settings.retries {
+                    eprintln!(
+                        "  (run of {} disturbed: other processes used {:.2} CPUs; again)",
+                        kind.name(),
+                        s.as_ref().map_or(0.0, |b| b.others)
+                    );
+                }
+            }
+            let s = s.expect("at least one run");
             eprintln!(
                 "  {size:>6} B  {label}  round {}  {:<22} {:>10.0} msgs/s  server {:>6.0} ns/msg  \
                  client {:>6.0} ns/msg  other processes {:.2} CPUs",

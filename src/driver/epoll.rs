@@ -41,6 +41,7 @@ use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -219,6 +220,9 @@ type Abandoned = (Box<dyn Any>, LateHook);
 /// Keys of pool jobs that finished, handed from pool threads to the loop.
 struct Inbox {
     done: Mutex<Vec<usize>>,
+    /// Set after a key is pushed to `done`: the loop looks at this flag on
+    /// every park, and takes the lock only when it is set.
+    pending: AtomicBool,
     unpark: Arc<dyn Unpark>,
 }
 
@@ -308,6 +312,7 @@ impl Epoll {
             pool,
             inbox: Arc::new(Inbox {
                 done: Mutex::new(Vec::new()),
+                pending: AtomicBool::new(false),
                 unpark,
             }),
             blocking: Slab::new(),
@@ -436,14 +441,26 @@ impl Epoll {
         true
     }
 
+    /// A stream read on `fd` drained it (came back short, or `EAGAIN`):
+    /// waits for the next input edge ([`wait_ready`](Self::wait_ready))
+    /// and marks the fd so that reads skip their attempt until the edge
+    /// comes ([`mark_read_drained`](Self::mark_read_drained)), in one call.
+    /// Whether it marked the fd: not once the peer closed (reads return
+    /// at once, and no edge is to come), so the caller must read again.
+    pub(crate) fn drained_wait(
+        &mut self,
+        fd: RawFd,
+        waker: &Waker,
+        token: &mut Option<u64>,
+    ) -> io::Result<bool> {
+        self.wait_ready(fd, false, waker, token)?;
+        self.mark_read_drained(fd);
+        Ok(self.read_drained(fd))
+    }
+
     /// Pool jobs reported but not yet taken in.
     pub(crate) fn has_reports(&self) -> bool {
-        !self
-            .inbox
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.inbox.pending.load(Ordering::Acquire)
     }
 
     /// Waits up to `timeout` for readiness; the wakers to run go to
@@ -507,6 +524,9 @@ impl Epoll {
             }
         }
         drop(fds);
+        if !self.inbox.pending.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
         let done = std::mem::take(&mut *self.inbox.done.lock().unwrap_or_else(|e| e.into_inner()));
         for key in done {
             self.complete_blocking(key, wake, garbage);
@@ -541,6 +561,7 @@ impl Epoll {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(key);
+            inbox.pending.store(true, Ordering::Release);
             inbox.unpark.unpark();
         }));
         key

@@ -19,6 +19,7 @@
 
 pub(crate) mod blocking;
 pub(crate) mod bufring;
+pub(crate) mod direct;
 pub(crate) mod epoll;
 pub(crate) mod fixedbuf;
 pub(crate) mod op;
@@ -545,6 +546,21 @@ pub(crate) fn epoll_read_drained(driver: &Driver, fd: i32) -> bool {
     match &*driver.inner.borrow() {
         Backends::Epoll(e) => e.read_drained(fd),
         Backends::Uring(_) => false,
+    }
+}
+
+/// A stream read on `fd` drained it: wait for input, skipping reads until
+/// it comes (epoll only; see [`epoll::Epoll::drained_wait`]). Whether the
+/// fd was marked drained (`false`: read again, no edge is to come).
+pub(crate) fn epoll_drained_wait(
+    driver: &Driver,
+    fd: i32,
+    waker: &Waker,
+    token: &mut Option<u64>,
+) -> io::Result<bool> {
+    match &mut *driver.inner.borrow_mut() {
+        Backends::Epoll(e) => e.drained_wait(fd, waker, token),
+        Backends::Uring(_) => Ok(false),
     }
 }
 

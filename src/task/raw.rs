@@ -499,11 +499,12 @@ unsafe fn waker_clone(data: *const ()) -> RawWaker {
 }
 
 unsafe fn waker_wake(data: *const ()) {
-    // SAFETY: as in clone; then we give up the waker's own reference.
-    unsafe {
-        waker_wake_by_ref(data);
-        waker_drop(data);
-    }
+    // SAFETY: data is a live header pointer, and the waker owns one
+    // reference, which the TaskRef takes over (no count up and down).
+    let task = TaskRef {
+        ptr: unsafe { NonNull::new_unchecked(data as *mut Header) },
+    };
+    schedule_owned(task);
 }
 
 unsafe fn waker_wake_by_ref(data: *const ()) {
@@ -522,7 +523,12 @@ fn schedule(ptr: NonNull<Header>) {
     // SAFETY: the caller holds a reference.
     let h = unsafe { ptr.as_ref() };
     h.inc_ref();
-    let task = TaskRef { ptr };
+    schedule_owned(TaskRef { ptr });
+}
+
+/// [`schedule`] with a reference of its own.
+fn schedule_owned(task: TaskRef) {
+    let h = task.header();
     if crate::runtime::context::current_loop_id() == h.loop_id() {
         schedule_local(task);
     } else {

@@ -10,6 +10,11 @@
 //! One task, not a reader and a writer: a `write` made inside
 //! `data_received` starts its send in the same poll, in the same loop
 //! iteration, with no wake-up of another task in between.
+//!
+//! On an epoll loop a socket's two "ops" are plain system calls the task
+//! makes itself ([`DirectIo`]): `recv` into a per-thread scratch buffer,
+//! `send`/`sendmsg` from the write buffer, readiness waited for only when
+//! the socket has nothing (more) to give or take.
 //! ## States
 //! ```text
 //! open ──close()──▶ closing (no more reads; writer flushes) ──flushed──▶ lost
@@ -27,6 +32,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -35,6 +41,7 @@ use super::Protocol;
 use crate::BufResult;
 use crate::buf::{IoBuf, Slice};
 use crate::driver::op::{Op, rw};
+use crate::driver::{self, Driver, direct};
 use crate::net::{RecvMulti, TcpStream};
 use crate::runtime::{ExceptionContext, get_running_loop};
 use crate::task::Task;
@@ -93,6 +100,17 @@ pub(crate) trait Conn: 'static {
         let _ = this;
         None
     }
+    /// The socket, for plain non-blocking `recv`/`send` system calls made
+    /// by the transport itself on an epoll loop (`None`: not a socket; the
+    /// transport then uses ops).
+    fn sock_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// Bytes a dropped receive left with the socket, which only the
+    /// receive stream hands over (plain `recv` would skip them).
+    fn has_leftover(&self) -> bool {
+        false
+    }
     /// Shuts the write side (`None` if it cannot: `can_write_eof` false).
     fn shutdown_write(&self) -> Option<io::Result<()>>;
     /// Whether `write_eof` is possible.
@@ -117,9 +135,10 @@ pub(crate) trait Conn: 'static {
 
 /// `Conn` for a socket stream type with `read_op`/`write_op`/`writev_op`,
 /// `shutdown` and addresses of kind `$addr`; `$ring` gives its receive
-/// stream from the loop's buffer ring, if it has one.
+/// stream from the loop's buffer ring, if it has one; `$left` says whether
+/// a dropped receive left it bytes.
 macro_rules! socket_conn {
-    ($t:ty, $addr:path, |$s:ident| $ring:expr) => {
+    ($t:ty, $addr:path, |$s:ident| $ring:expr, |$l:ident| $left:expr) => {
         impl Conn for $t {
             type Recv = Op<rw::Read<Vec<u8>>>;
             type Send = Op<rw::Write<Slice<Vec<u8>>>>;
@@ -137,6 +156,13 @@ macro_rules! socket_conn {
                 let $s = this;
                 $ring
             }
+            fn sock_fd(&self) -> Option<BorrowedFd<'_>> {
+                Some(self.as_fd())
+            }
+            fn has_leftover(&self) -> bool {
+                let $l = self;
+                $left
+            }
             fn shutdown_write(&self) -> Option<io::Result<()>> {
                 Some(self.shutdown(std::net::Shutdown::Write))
             }
@@ -153,12 +179,19 @@ macro_rules! socket_conn {
     };
 }
 
-socket_conn!(TcpStream, SockAddr::Inet, |s| {
-    let ring = crate::buf::BufRing::loop_default().ok()?;
-    Some(TcpStream::recv_multishot_shared(s, &ring))
-});
+socket_conn!(
+    TcpStream,
+    SockAddr::Inet,
+    |s| {
+        let ring = crate::buf::BufRing::loop_default().ok()?;
+        Some(TcpStream::recv_multishot_shared(s, &ring))
+    },
+    |s| s.pending_leftover().is_some()
+);
 // Unix streams have no multishot receive yet: plain receives.
-socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None);
+socket_conn!(crate::net::UnixStream, SockAddr::Unix, |_s| None, |_s| {
+    false
+});
 
 /// What the core asks of a connection, without its type (the core is
 /// not generic).
@@ -188,9 +221,6 @@ impl<C: Conn> ConnInfo for C {
 struct State {
     /// Bytes `write` buffered, not yet handed to a send.
     bufs: VecDeque<Vec<u8>>,
-    /// Sent buffers, reused so that steady traffic allocates nothing per
-    /// write.
-    spare: Vec<Vec<u8>>,
     buffered: usize,
     /// Bytes in the send in flight.
     inflight: usize,
@@ -279,10 +309,7 @@ impl Transport {
                     last.extend_from_slice(data)
                 }
                 _ => {
-                    let mut v = st
-                        .spare
-                        .pop()
-                        .unwrap_or_else(|| Vec::with_capacity(data.len().max(4096)));
+                    let mut v = pooled_buf(data.len());
                     v.extend_from_slice(data);
                     st.bufs.push_back(v);
                 }
@@ -743,6 +770,7 @@ pub(crate) fn start_with<C: Conn>(
         send: None,
         read_done: false,
         uses_ring: false,
+        direct: None,
     };
     let task = crate::spawn(async move {
         let mut guard = guard;
@@ -781,6 +809,122 @@ struct Pump<C: Conn> {
     read_done: bool,
     /// Receives come from the buffer ring (`multi`), re-made after a pause.
     uses_ring: bool,
+    /// On an epoll loop, a socket is read and written with plain system
+    /// calls made here (see [`DirectIo`]) rather than with ops. Boxed:
+    /// io_uring connections, the many idle ones, do not carry its room.
+    direct: Option<Box<DirectIo>>,
+}
+
+/// A socket transport on an epoll loop: `recv` into the thread's scratch
+/// buffer and `send`/`sendmsg` straight from the write buffer, made by the
+/// connection's task itself; readiness is waited for only after `EAGAIN`
+/// (or, for receives, after a short read drained the socket: the next
+/// input edge says when to try again, as the epoll ops do). Per message
+/// this saves what an op adds to its system call (a boxed send, an owned
+/// receive buffer taken from and given back to the ring, the op's state
+/// machine) and keeps the receive buffer hot in cache: one per thread,
+/// free again as soon as `data_received` returns, so idle connections
+/// hold no buffer either.
+struct DirectIo {
+    driver: Rc<Driver>,
+    fd: RawFd,
+    /// Our readiness waiters (see `Epoll::wait_ready`), input and output.
+    rtoken: Option<u64>,
+    wtoken: Option<u64>,
+    /// A receive drained the socket during this poll, the input waiter is
+    /// registered and the driver marked the fd drained (it does not once
+    /// the peer closed: no edge would come): no need to ask the driver
+    /// again, or to receive, before the next poll.
+    drained: bool,
+}
+
+impl DirectIo {
+    /// Waits for `fd` to become readable (`write` false) or writable.
+    fn wait(&mut self, write: bool, cx: &mut Context<'_>) -> io::Result<()> {
+        let token = if write {
+            &mut self.wtoken
+        } else {
+            &mut self.rtoken
+        };
+        driver::epoll_wait_ready(&self.driver, self.fd, write, cx.waker(), token)
+    }
+
+    /// Stops waiting in direction `write` (the call it waited for went
+    /// through), so an idle socket keeps no waiter.
+    fn unwait(&mut self, write: bool) {
+        let token = if write {
+            &mut self.wtoken
+        } else {
+            &mut self.rtoken
+        };
+        if let Some(t) = token.take() {
+            driver::epoll_unwait(&self.driver, self.fd, write, t);
+        }
+    }
+}
+
+impl Drop for DirectIo {
+    fn drop(&mut self) {
+        self.unwait(false);
+        self.unwait(true);
+    }
+}
+
+/// Sent write buffers kept for reuse, per thread, at most.
+const POOL_MAX: usize = 32;
+/// The largest write buffer kept for reuse.
+const POOL_BUF_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// Sent write buffers of every transport on this thread, reused last
+    /// in, first out: steady traffic allocates nothing per write, and the
+    /// next write, whichever connection makes it, gets the buffer just
+    /// sent, still in cache (buffers kept per connection would each be
+    /// cold after a round of the others, and idle connections would keep
+    /// theirs).
+    static SEND_POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A write buffer for at least `len` bytes: a pooled one, or a new one.
+fn pooled_buf(len: usize) -> Vec<u8> {
+    SEND_POOL
+        .try_with(|p| p.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Vec::with_capacity(len.max(4096)))
+}
+
+/// Gives a sent write buffer back to the pool (or frees it: too large, or
+/// the pool is full).
+fn recycle_buf(mut b: Vec<u8>) {
+    if b.capacity() == 0 || b.capacity() > POOL_BUF_MAX {
+        return;
+    }
+    b.clear();
+    let _ = SEND_POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < POOL_MAX {
+            p.push(b);
+        }
+    });
+}
+
+thread_local! {
+    /// The receive buffer of every direct transport on this thread: a
+    /// receive is handed to `data_received` and the buffer is free again
+    /// when it returns (made on first use).
+    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with the thread's scratch receive buffer (a fresh one if it
+/// is in use, which a callback cannot make happen: transports are tasks).
+fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let mut buf = SCRATCH
+        .take()
+        .unwrap_or_else(|| vec![0u8; READ_SIZE].into_boxed_slice());
+    let r = f(&mut buf);
+    SCRATCH.set(Some(buf));
+    r
 }
 
 /// A plain receive (into a buffer of the connection's own).
@@ -807,6 +951,10 @@ impl<C: Conn> Pump<C> {
         // While this poll runs, wake-ups are spent: a `write` made by a
         // callback below is seen by the loop here, not through a wake.
         self.core.st.borrow_mut().polling = true;
+        if let Some(d) = self.direct.as_mut() {
+            // Input may have come since the last poll.
+            d.drained = false;
+        }
         let r = self.poll_steps(cx);
         let mut st = self.core.st.borrow_mut();
         st.polling = false;
@@ -823,6 +971,9 @@ impl<C: Conn> Pump<C> {
     }
 
     fn poll_steps(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.multi_tried {
+            self.setup();
+        }
         loop {
             let w = self.poll_send(cx);
             if matches!(w, Step::Done) {
@@ -841,6 +992,169 @@ impl<C: Conn> Pump<C> {
         }
     }
 
+    /// Chooses how to receive and send, at the first poll: a socket on an
+    /// epoll loop goes direct (unless bytes a dropped receive left must be
+    /// read through the receive stream first); else ops, receiving from
+    /// the loop's buffer ring where the connection has one.
+    fn setup(&mut self) {
+        self.multi_tried = true;
+        if let Some(fd) = self.conn.sock_fd() {
+            if let Some(d) = driver::current() {
+                if !d.is_uring() && !self.conn.has_leftover() {
+                    self.direct = Some(Box::new(DirectIo {
+                        driver: d,
+                        fd: fd.as_raw_fd(),
+                        rtoken: None,
+                        wtoken: None,
+                        drained: false,
+                    }));
+                    return;
+                }
+            }
+        }
+        self.multi = C::recv_stream(&self.conn);
+        self.uses_ring = self.multi.is_some();
+    }
+
+    /// Direct: sends what is buffered (one `send`, or one `sendmsg` of up
+    /// to 64 buffers), now.
+    fn send_direct(&mut self, cx: &mut Context<'_>) -> Step {
+        let Some(d) = self.direct.as_mut() else {
+            return Step::Idle;
+        };
+        let Some(fd) = self.conn.sock_fd() else {
+            return Step::Idle;
+        };
+        let mut st = self.core.st.borrow_mut();
+        let off = st.head_off;
+        let res = if st.bufs.len() == 1 {
+            direct::send(fd, &st.bufs[0][off..])
+        } else {
+            let mut iov = [std::io::IoSlice::new(&[]); direct::MAX_IOV];
+            let mut n = 0;
+            for (i, b) in st.bufs.iter().take(direct::MAX_IOV).enumerate() {
+                iov[i] = std::io::IoSlice::new(if i == 0 { &b[off..] } else { b });
+                n = i + 1;
+            }
+            direct::send_vectored(fd, &iov[..n])
+        };
+        match res {
+            Ok(0) => {
+                drop(st);
+                self.core.lose(Some(io::ErrorKind::WriteZero.into()));
+                Step::Done
+            }
+            Ok(mut n) => {
+                st.buffered -= n;
+                // Drop what went out; a partly sent buffer stays in front,
+                // the rest of it sent next from where this send stopped.
+                while n > 0 {
+                    let left = st.bufs[0].len() - st.head_off;
+                    if n < left {
+                        st.head_off += n;
+                        break;
+                    }
+                    n -= left;
+                    st.head_off = 0;
+                    if let Some(b) = st.bufs.pop_front() {
+                        recycle_buf(b);
+                    }
+                }
+                drop(st);
+                d.unwait(true);
+                self.core.maybe_resume();
+                Step::Progress
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                drop(st);
+                match d.wait(true, cx) {
+                    Ok(()) => Step::Idle,
+                    Err(e) => {
+                        self.core.lose(Some(e));
+                        Step::Done
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Err(e) => {
+                drop(st);
+                self.core.lose(Some(e));
+                Step::Done
+            }
+        }
+    }
+
+    /// Direct: receives into the thread's scratch buffer and hands the
+    /// bytes to `data_received`. The input waiter stays registered while
+    /// reading goes on (an idle reader waits anyway), so a message costs
+    /// no unregistering: a receive that drains the socket registers it (if
+    /// the last edge used it up) and marks the fd drained in one call, and
+    /// later polls skip the receive until an input edge clears the mark.
+    fn recv_direct(&mut self, cx: &mut Context<'_>, paused: bool) -> Step {
+        let Some(d) = self.direct.as_mut() else {
+            return Step::Idle;
+        };
+        if paused {
+            // Nothing is read: the kernel's buffer fills.
+            d.unwait(false);
+            d.drained = false;
+            return Step::Idle;
+        }
+        if d.drained {
+            // Drained earlier in this poll, waiting already.
+            return Step::Idle;
+        }
+        let Some(fd) = self.conn.sock_fd() else {
+            return Step::Idle;
+        };
+        let r: io::Result<Option<bool>> = if driver::epoll_read_drained(&d.driver, d.fd) {
+            // No input edge since the socket was drained: a receive would
+            // only see EAGAIN.
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            let core = &self.core;
+            with_scratch(|buf| {
+                let n = direct::recv(fd, buf)?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                if n < buf.len() {
+                    d.drained =
+                        driver::epoll_drained_wait(&d.driver, d.fd, cx.waker(), &mut d.rtoken)?;
+                }
+                Ok(Some(core.call(|p| p.data_received(&buf[..n])).is_some()))
+            })
+        };
+        match r {
+            Ok(Some(true)) => Step::Progress,
+            Ok(Some(false)) => Step::Done,
+            Ok(None) => {
+                d.unwait(false);
+                self.eof()
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match driver::epoll_drained_wait(&d.driver, d.fd, cx.waker(), &mut d.rtoken) {
+                    Ok(true) => {
+                        d.drained = true;
+                        Step::Idle
+                    }
+                    // Not marked: the peer closed (no edge will come; the
+                    // next receive sees the end) or the fd is not watched.
+                    Ok(false) => Step::Progress,
+                    Err(e) => {
+                        self.core.lose(Some(e));
+                        Step::Done
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Step::Progress,
+            Err(e) => {
+                self.core.lose(Some(e));
+                Step::Done
+            }
+        }
+    }
+
     /// Starts a send of what is buffered, or finishes the one in flight.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Step {
         if self.send.is_none() {
@@ -849,6 +1163,10 @@ impl<C: Conn> Pump<C> {
                 return Step::Done;
             }
             if !st.bufs.is_empty() {
+                if self.direct.is_some() {
+                    drop(st);
+                    return self.send_direct(cx);
+                }
                 if st.bufs.len() == 1 || st.head_off > 0 {
                     // One buffer, or the rest of a partly sent one (sent
                     // alone, from where the last send stopped).
@@ -916,7 +1234,7 @@ impl<C: Conn> Pump<C> {
     /// A single send completed: a short one puts the rest back in front.
     fn sent_one(&mut self, res: io::Result<usize>, sent: Slice<Vec<u8>>) -> io::Result<()> {
         let off = sent.begin();
-        let mut b = sent.into_inner();
+        let b = sent.into_inner();
         let len = b.len() - off;
         let n = match res {
             Ok(0) if len > 0 => return Err(io::ErrorKind::WriteZero.into()),
@@ -931,9 +1249,9 @@ impl<C: Conn> Pump<C> {
             st.buffered += len - n;
             st.head_off = off + n;
             st.bufs.push_front(b);
-        } else if st.spare.len() < 4 && b.capacity() <= 256 * 1024 {
-            b.clear();
-            st.spare.push(b);
+        } else {
+            drop(st);
+            recycle_buf(b);
         }
         Ok(())
     }
@@ -955,6 +1273,7 @@ impl<C: Conn> Pump<C> {
         for b in v {
             if n >= b.len() {
                 n -= b.len();
+                recycle_buf(b);
                 continue;
             }
             if n > 0 {
@@ -1039,12 +1358,13 @@ impl<C: Conn> Pump<C> {
             self.read_done = true;
             self.plain = None;
             self.multi = None;
+            if let Some(d) = self.direct.as_mut() {
+                d.unwait(false);
+            }
             return Step::Progress;
         }
-        if !self.multi_tried {
-            self.multi_tried = true;
-            self.multi = C::recv_stream(&self.conn);
-            self.uses_ring = self.multi.is_some();
+        if self.direct.is_some() {
+            return self.recv_direct(cx, paused);
         }
         if self.uses_ring {
             return self.poll_ring(cx, paused);

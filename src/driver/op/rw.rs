@@ -88,7 +88,7 @@ fn rw_mode(fd: RawFd, socket: bool, offset: Option<u64>, write: bool) -> Mode {
 ///
 /// # Safety
 /// `ptr..ptr+len` must be writable memory owned by the caller.
-pub(super) unsafe fn raw_recv(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
+pub(crate) unsafe fn raw_recv(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
     // SAFETY: recvfrom with null address arguments is recv; the caller
     // vouches for the buffer.
     unsafe {
@@ -109,7 +109,7 @@ pub(super) unsafe fn raw_recv(fd: RawFd, ptr: *mut u8, len: usize) -> isize {
 ///
 /// # Safety
 /// `ptr..ptr+len` must be readable memory owned by the caller.
-pub(super) unsafe fn raw_send(fd: RawFd, ptr: *const u8, len: usize) -> isize {
+pub(crate) unsafe fn raw_send(fd: RawFd, ptr: *const u8, len: usize) -> isize {
     // SAFETY: sendto with a null address is send; the caller vouches for
     // the buffer.
     unsafe {
