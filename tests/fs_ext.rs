@@ -415,3 +415,61 @@ fn copy_64_mib() {
         invalid(e, "not a regular file");
     });
 }
+
+#[test]
+fn openat2_resolve_flags() {
+    // BENEATH refuses `..` and absolute paths (EXDEV); NO_SYMLINKS refuses a
+    // symlink (ELOOP); allowed opens work, with and without O_CREAT (whose
+    // mode openat2 takes only with O_CREAT), on both backends.
+    let dir = TempDir::new("openat2");
+    std::fs::create_dir(dir.path("sub")).unwrap();
+    std::fs::write(dir.path("sub/inside"), b"in").unwrap();
+    std::fs::write(dir.path("outside"), b"out").unwrap();
+    std::os::unix::fs::symlink("inside", dir.path("sub/link")).unwrap();
+    let root = dir.path("");
+    on_both(20, move |b| {
+        let root = root.clone();
+        async move {
+            use uringio::fs::ResolveFlags;
+            let mut o = OpenOptions::new();
+            o.read(true).resolve(ResolveFlags::NO_SYMLINKS);
+            let e = o.open(root.join("sub/link")).await.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{b}: {e}");
+            let f = o.open(root.join("sub/inside")).await.unwrap();
+            let (res, buf) = f.read_at(Vec::with_capacity(8), 0).await;
+            assert_eq!(res.unwrap(), 2);
+            assert_eq!(buf, b"in");
+            f.close().await.unwrap();
+
+            let mut beneath = OpenOptions::new();
+            beneath.read(true).resolve(ResolveFlags::BENEATH);
+            let e = beneath.open(root.join("outside")).await.unwrap_err();
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EXDEV),
+                "{b}: absolute path: {e}"
+            );
+            // Relative paths start at the current directory (cargo runs
+            // tests in the package root).
+            let f = beneath.open("Cargo.toml").await.unwrap();
+            f.close().await.unwrap();
+            let e = beneath
+                .open("../../../../../../etc/passwd")
+                .await
+                .unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{b}: ..: {e}");
+
+            // O_CREAT with a mode through openat2.
+            let mut c = OpenOptions::new();
+            c.write(true)
+                .create(true)
+                .mode(0o640)
+                .resolve(ResolveFlags::NO_SYMLINKS);
+            let name = root.join(format!("created-{b}"));
+            let f = c.open(&name).await.unwrap();
+            f.close().await.unwrap();
+            let m = std::fs::metadata(&name).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m & !0o640, 0, "{b}: mode {m:o}");
+        }
+    });
+}

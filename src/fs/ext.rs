@@ -24,6 +24,28 @@ fn invalid(msg: String) -> io::Error {
 }
 
 bitflags! {
+    /// `openat2(2)` path-resolution restrictions, for
+    /// [`OpenOptions::resolve`](super::OpenOptions::resolve).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct ResolveFlags: u64 {
+        /// No crossing of mount points (bind mounts included): `EXDEV`.
+        const NO_XDEV = libc::RESOLVE_NO_XDEV;
+        /// No `/proc/PID/fd`-style magic links: `ELOOP`.
+        const NO_MAGICLINKS = libc::RESOLVE_NO_MAGICLINKS;
+        /// No symlinks at all (implies `NO_MAGICLINKS`): `ELOOP`.
+        const NO_SYMLINKS = libc::RESOLVE_NO_SYMLINKS;
+        /// The path must stay beneath the starting directory (no `..`
+        /// above it, no absolute paths, no symlink leading out): `EXDEV`.
+        const BENEATH = libc::RESOLVE_BENEATH;
+        /// Resolve as if the starting directory were `/` (a chroot for
+        /// this one lookup).
+        const IN_ROOT = libc::RESOLVE_IN_ROOT;
+        /// Only from the dentry cache, else `EAGAIN` (5.12).
+        const CACHED = libc::RESOLVE_CACHED;
+    }
+}
+
+bitflags! {
     /// How [`File::fallocate`] changes the file (`FALLOC_FL_*`).
     ///
     /// [`FallocateMode::empty()`] allocates the range and extends the file

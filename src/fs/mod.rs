@@ -29,7 +29,7 @@ mod registered;
 pub use copy::copy;
 pub use dir::{DirEntry, ReadDir, read_dir};
 pub use direct::{DioAlignment, DioSource};
-pub use ext::{Advice, FallocateMode, RwFlags, SyncKind, SyncRangeFlags};
+pub use ext::{Advice, FallocateMode, ResolveFlags, RwFlags, SyncKind, SyncRangeFlags};
 pub use registered::RegisteredFile;
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -53,6 +53,7 @@ pub struct OpenOptions {
     mode: u32,
     custom_flags: i32,
     direct: bool,
+    resolve: ResolveFlags,
 }
 
 impl Default for OpenOptions {
@@ -73,6 +74,7 @@ impl OpenOptions {
             create_new: false,
             mode: 0o666,
             custom_flags: 0,
+            resolve: ResolveFlags::empty(),
             direct: false,
         }
     }
@@ -116,6 +118,18 @@ impl OpenOptions {
     /// The permission bits for a created file.
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = mode;
+        self
+    }
+
+    /// How the path may be resolved (`openat2(2)`'s `RESOLVE_*`): e.g.
+    /// [`ResolveFlags::BENEATH`] refuses a path that leaves the starting
+    /// directory (`..`, absolute paths, symlinks pointing out) with `EXDEV`,
+    /// [`ResolveFlags::NO_SYMLINKS`] refuses any symlink with `ELOOP`.
+    /// Relative paths start at the current directory. Empty (the default):
+    /// a plain `openat`. `IORING_OP_OPENAT2` on io_uring, the `openat2`
+    /// system call on the blocking pool on epoll (Linux 5.6).
+    pub fn resolve(&mut self, flags: ResolveFlags) -> &mut Self {
+        self.resolve = flags;
         self
     }
 
@@ -182,7 +196,12 @@ impl OpenOptions {
     pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
         let flags = self.flags()?;
         let p = cpath(path.as_ref())?;
-        let fd = Op::new(ops::OpenAt::new(p, flags, self.mode)).await?;
+        let op = if self.resolve.is_empty() {
+            ops::OpenAt::new(p, flags, self.mode)
+        } else {
+            ops::OpenAt::with_resolve(p, flags, self.mode, self.resolve.bits())
+        };
+        let fd = Op::new(op).await?;
         let dio = direct::learn(&fd, flags).await;
         Ok(File { fd: Some(fd), dio })
     }

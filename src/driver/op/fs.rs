@@ -19,11 +19,24 @@ fn cvt(r: libc::c_int) -> io::Result<usize> {
     }
 }
 
-/// `openat(AT_FDCWD, path, flags, mode)`.
+/// The kernel's `struct open_how` (linux/openat2.h): three u64s.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat(AT_FDCWD, path, flags, mode)`, or `openat2` with `RESOLVE_*`
+/// flags when any are given.
 pub(crate) struct OpenAt {
     path: CString,
     flags: i32,
     mode: u32,
+    /// For `openat2`: boxed so the kernel reads it at a stable address
+    /// while the SQE is in flight (it is copied at submission, but the
+    /// op's data moves only inside its box anyway).
+    how: Option<Box<OpenHow>>,
 }
 
 impl OpenAt {
@@ -32,6 +45,25 @@ impl OpenAt {
             path,
             flags: flags | libc::O_CLOEXEC,
             mode,
+            how: None,
+        }
+    }
+
+    /// `openat2(2)` with `resolve` (`RESOLVE_*` bits, non-zero).
+    /// `openat2` refuses a mode without `O_CREAT`/`O_TMPFILE`, so the mode
+    /// goes only with those.
+    pub(crate) fn with_resolve(path: CString, flags: i32, mode: u32, resolve: u64) -> OpenAt {
+        let flags = flags | libc::O_CLOEXEC;
+        let creating = flags & libc::O_CREAT != 0 || flags & libc::O_TMPFILE == libc::O_TMPFILE;
+        OpenAt {
+            path,
+            flags,
+            mode,
+            how: Some(Box::new(OpenHow {
+                flags: flags as u32 as u64,
+                mode: if creating { u64::from(mode) } else { 0 },
+                resolve,
+            })),
         }
     }
 }
@@ -40,10 +72,20 @@ impl OpCode for OpenAt {
     type Output = io::Result<OwnedFd>;
 
     fn sqe(&mut self) -> squeue::Entry {
-        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), self.path.as_ptr())
-            .flags(self.flags)
-            .mode(self.mode)
-            .build()
+        match &self.how {
+            // `types::OpenHow` is a transparent wrapper of the kernel's
+            // `open_how` (three u64s), the same layout as ours.
+            Some(how) => opcode::OpenAt2::new(
+                types::Fd(libc::AT_FDCWD),
+                self.path.as_ptr(),
+                (&**how as *const OpenHow).cast::<types::OpenHow>(),
+            )
+            .build(),
+            None => opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), self.path.as_ptr())
+                .flags(self.flags)
+                .mode(self.mode)
+                .build(),
+        }
     }
 
     fn mode(&self) -> Mode {
@@ -51,6 +93,24 @@ impl OpCode for OpenAt {
     }
 
     fn perform(&mut self) -> io::Result<usize> {
+        if let Some(how) = &self.how {
+            // SAFETY: a valid C string path and an `open_how` of the size
+            // passed; the kernel only reads both.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    self.path.as_ptr(),
+                    &**how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
+            };
+            return if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            };
+        }
         // SAFETY: a valid C string path.
         cvt(unsafe { libc::open(self.path.as_ptr(), self.flags, self.mode) })
     }

@@ -57,6 +57,7 @@ pub(crate) const REQUIRED: &[Opcode] = &[
     op(opcode::PollAdd::CODE, "POLL_ADD", "PollAdd"),
     op(opcode::AsyncCancel::CODE, "ASYNC_CANCEL", "AsyncCancel"),
     op(opcode::OpenAt::CODE, "OPENAT", "OpenAt"),
+    op(opcode::OpenAt2::CODE, "OPENAT2", "OpenAt2"),
     op(opcode::Statx::CODE, "STATX", "Statx"),
     op(opcode::Fsync::CODE, "FSYNC", "Fsync"),
     op(opcode::Fallocate::CODE, "FALLOCATE", "Fallocate"),
