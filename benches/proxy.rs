@@ -22,14 +22,23 @@
 //! the client are the same for every proxy.
 //!
 //! Contenders:
-//! - `uring`: uringio on io_uring, `CopyMode::Auto` (there: owned 64 KiB
-//!   buffers, `Buffered`);
-//! - `epoll`: uringio on epoll, `CopyMode::Auto` (there: `Splice` through
-//!   a pipe per direction);
+//! - `uring`: uringio on io_uring, `CopyMode::Auto` (= `Buffered`: small
+//!   reads from the loop's buffer ring with a multishot receive, sent
+//!   straight from it; owned 64 KiB buffers once a direction's reads fill
+//!   a ring buffer);
+//! - `epoll`: uringio on epoll, `CopyMode::Auto` (= `Buffered`: owned
+//!   64 KiB buffers);
 //! - `tokio`: tokio `current_thread`, `tokio::io::copy_bidirectional`
 //!   (its default 8 KiB buffers), the way tokio users write a proxy;
-//! - extra rows (`PROXY_EXTRAS=0` to skip): `epoll-buffered` (epoll with
-//!   `CopyMode::Buffered`) at every size, and at 64 KiB and more
+//! - floors (`raw-uring`, `raw-epoll`): the same relay with no runtime,
+//!   on a bare io_uring (the `io-uring` crate directly) and on a bare
+//!   edge-triggered epoll (see `raw_uring_proxy`, `raw_epoll_proxy`):
+//!   what a runtime that cost nothing would reach;
+//! - extra rows (`PROXY_EXTRAS=0` to skip): `uring-owned` (io_uring
+//!   `Buffered` with the loop's buffer ring emulated, so every read is a
+//!   `RECV` into the direction's own 64 KiB buffer: the path before the
+//!   ring one) and `epoll-splice` (epoll with `CopyMode::Splice`) at
+//!   every size, and at 64 KiB and more
 //!   `uring-splice` (io_uring with `CopyMode::Splice`) and
 //!   `tokio-64k` (`tokio::io::copy_bidirectional_with_sizes` with 64 KiB
 //!   buffers, the same buffer size as uringio's).
@@ -50,7 +59,7 @@
 //!   (default `1024,65536`)
 //! - `PROXY_CONNS`  connections (default 64)
 //! - `PROXY_ONLY`   comma-separated subset of
-//!   `uring,epoll,tokio,epoll-buffered,uring-splice,tokio-64k`
+//!   `uring,epoll,tokio,raw-uring,raw-epoll,uring-owned,epoll-splice,uring-splice,tokio-64k`
 //! - `PROXY_EXTRAS` `0` to skip the extra rows
 //! - `PROXY_QUIET_WAIT` seconds to wait before each run for other
 //!   processes to use under 0.1 CPU (default 5; 0 to not wait). Runs that
@@ -90,8 +99,11 @@ enum Proxy {
     Tokio,
     /// Extra row: io_uring with `CopyMode::Splice`.
     UringSplice,
-    /// Extra row: epoll with `CopyMode::Buffered`.
-    EpollBuffered,
+    /// Extra row: epoll with `CopyMode::Splice`.
+    EpollSplice,
+    /// Extra row: io_uring `Buffered` with the buffer ring emulated: a
+    /// `RECV` per read into the direction's own buffer.
+    UringOwned,
     /// Extra row: tokio with 64 KiB buffers.
     Tokio64k,
     /// Floor: the same relay on a bare io_uring, no runtime.
@@ -109,17 +121,18 @@ impl Proxy {
         Proxy::RawEpoll,
     ];
     /// Extra rows at every size.
-    const EXTRA: [Proxy; 1] = [Proxy::EpollBuffered];
+    const EXTRA: [Proxy; 2] = [Proxy::UringOwned, Proxy::EpollSplice];
     /// Extra rows at `EXTRAS_FROM` and above.
     const EXTRA_LARGE: [Proxy; 2] = [Proxy::UringSplice, Proxy::Tokio64k];
 
     fn name(self) -> &'static str {
         match self {
             Proxy::Uring => "uringio io_uring (Auto = Buffered)",
-            Proxy::Epoll => "uringio epoll (Auto = Splice)",
+            Proxy::Epoll => "uringio epoll (Auto = Buffered)",
             Proxy::Tokio => "tokio current_thread (8 KiB)",
             Proxy::UringSplice => "uringio io_uring Splice",
-            Proxy::EpollBuffered => "uringio epoll Buffered",
+            Proxy::EpollSplice => "uringio epoll Splice",
+            Proxy::UringOwned => "uringio io_uring, own buffers only",
             Proxy::Tokio64k => "tokio current_thread, 64 KiB bufs",
             Proxy::RawUring => "bare io_uring, no runtime (floor)",
             Proxy::RawEpoll => "bare epoll, no runtime (floor)",
@@ -132,7 +145,8 @@ impl Proxy {
             Proxy::Epoll => "epoll",
             Proxy::Tokio => "tokio",
             Proxy::UringSplice => "uring-splice",
-            Proxy::EpollBuffered => "epoll-buffered",
+            Proxy::EpollSplice => "epoll-splice",
+            Proxy::UringOwned => "uring-owned",
             Proxy::Tokio64k => "tokio-64k",
             Proxy::RawUring => "raw-uring",
             Proxy::RawEpoll => "raw-epoll",
@@ -274,8 +288,9 @@ fn start_proxy(kind: Proxy, upstream: SocketAddr) -> Running {
             Proxy::UringSplice => {
                 uringio_proxy(Backend::IoUring, CopyMode::Splice, upstream, ready)
             }
-            Proxy::EpollBuffered => {
-                uringio_proxy(Backend::Epoll, CopyMode::Buffered, upstream, ready)
+            Proxy::EpollSplice => uringio_proxy(Backend::Epoll, CopyMode::Splice, upstream, ready),
+            Proxy::UringOwned => {
+                uringio_proxy_with(Backend::IoUring, CopyMode::Buffered, true, upstream, ready)
             }
             Proxy::Tokio => tokio_proxy(None, upstream, ready),
             Proxy::Tokio64k => tokio_proxy(Some(64 * 1024), upstream, ready),
@@ -288,8 +303,22 @@ fn start_proxy(kind: Proxy, upstream: SocketAddr) -> Running {
 /// The `examples/tcp_proxy` relay on one core: accept, connect to the
 /// upstream, `copy_bidirectional` until both directions end.
 fn uringio_proxy(backend: Backend, mode: CopyMode, upstream: SocketAddr, ready: Ready) {
+    uringio_proxy_with(backend, mode, false, upstream, ready)
+}
+
+/// As [`uringio_proxy`]; `no_ring`: the loop's buffer ring emulated in
+/// user space, so a buffered copy on io_uring reads into its own buffers
+/// (`RECV` per read), as it did before reading from the kernel ring.
+fn uringio_proxy_with(
+    backend: Backend,
+    mode: CopyMode,
+    no_ring: bool,
+    upstream: SocketAddr,
+    ready: Ready,
+) {
     let mut rt = Runner::builder()
         .backend(backend)
+        .emulate_buf_ring(no_ring)
         .build()
         .unwrap_or_else(|e| panic!("cannot build a uringio loop on {backend}: {e}"));
     assert_eq!(rt.backend(), backend);
