@@ -22,14 +22,23 @@
 //! the client are the same for every proxy.
 //!
 //! Contenders:
-//! - `uring`: uringio on io_uring, `CopyMode::Auto` (there: owned 64 KiB
-//!   buffers, `Buffered`);
-//! - `epoll`: uringio on epoll, `CopyMode::Auto` (there: `Splice` through
-//!   a pipe per direction);
+//! - `uring`: uringio on io_uring, `CopyMode::Auto` (= `Buffered`: small
+//!   reads from the loop's buffer ring with a multishot receive, sent
+//!   straight from it; owned 64 KiB buffers once a direction's reads fill
+//!   a ring buffer);
+//! - `epoll`: uringio on epoll, `CopyMode::Auto` (= `Buffered`: owned
+//!   64 KiB buffers);
 //! - `tokio`: tokio `current_thread`, `tokio::io::copy_bidirectional`
 //!   (its default 8 KiB buffers), the way tokio users write a proxy;
-//! - extra rows (`PROXY_EXTRAS=0` to skip): `epoll-buffered` (epoll with
-//!   `CopyMode::Buffered`) at every size, and at 64 KiB and more
+//! - floors (`raw-uring`, `raw-epoll`): the same relay with no runtime,
+//!   on a bare io_uring (the `io-uring` crate directly) and on a bare
+//!   edge-triggered epoll (see `raw_uring_proxy`, `raw_epoll_proxy`):
+//!   what a runtime that cost nothing would reach;
+//! - extra rows (`PROXY_EXTRAS=0` to skip): `uring-owned` (io_uring
+//!   `Buffered` with the loop's buffer ring emulated, so every read is a
+//!   `RECV` into the direction's own 64 KiB buffer: the path before the
+//!   ring one) and `epoll-splice` (epoll with `CopyMode::Splice`) at
+//!   every size, and at 64 KiB and more
 //!   `uring-splice` (io_uring with `CopyMode::Splice`) and
 //!   `tokio-64k` (`tokio::io::copy_bidirectional_with_sizes` with 64 KiB
 //!   buffers, the same buffer size as uringio's).
@@ -50,7 +59,7 @@
 //!   (default `1024,65536`)
 //! - `PROXY_CONNS`  connections (default 64)
 //! - `PROXY_ONLY`   comma-separated subset of
-//!   `uring,epoll,tokio,epoll-buffered,uring-splice,tokio-64k`
+//!   `uring,epoll,tokio,raw-uring,raw-epoll,uring-owned,epoll-splice,uring-splice,tokio-64k`
 //! - `PROXY_EXTRAS` `0` to skip the extra rows
 //! - `PROXY_QUIET_WAIT` seconds to wait before each run for other
 //!   processes to use under 0.1 CPU (default 5; 0 to not wait). Runs that
@@ -72,6 +81,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use slab::Slab;
 use uringio::net::CopyMode;
 use uringio::{Backend, Runner};
 
@@ -89,27 +99,43 @@ enum Proxy {
     Tokio,
     /// Extra row: io_uring with `CopyMode::Splice`.
     UringSplice,
-    /// Extra row: epoll with `CopyMode::Buffered`.
-    EpollBuffered,
+    /// Extra row: epoll with `CopyMode::Splice`.
+    EpollSplice,
+    /// Extra row: io_uring `Buffered` with the buffer ring emulated: a
+    /// `RECV` per read into the direction's own buffer.
+    UringOwned,
     /// Extra row: tokio with 64 KiB buffers.
     Tokio64k,
+    /// Floor: the same relay on a bare io_uring, no runtime.
+    RawUring,
+    /// Floor: the same relay on a bare edge-triggered epoll, no runtime.
+    RawEpoll,
 }
 
 impl Proxy {
-    const MAIN: [Proxy; 3] = [Proxy::Uring, Proxy::Epoll, Proxy::Tokio];
+    const MAIN: [Proxy; 5] = [
+        Proxy::Uring,
+        Proxy::Epoll,
+        Proxy::Tokio,
+        Proxy::RawUring,
+        Proxy::RawEpoll,
+    ];
     /// Extra rows at every size.
-    const EXTRA: [Proxy; 1] = [Proxy::EpollBuffered];
+    const EXTRA: [Proxy; 2] = [Proxy::UringOwned, Proxy::EpollSplice];
     /// Extra rows at `EXTRAS_FROM` and above.
     const EXTRA_LARGE: [Proxy; 2] = [Proxy::UringSplice, Proxy::Tokio64k];
 
     fn name(self) -> &'static str {
         match self {
             Proxy::Uring => "uringio io_uring (Auto = Buffered)",
-            Proxy::Epoll => "uringio epoll (Auto = Splice)",
+            Proxy::Epoll => "uringio epoll (Auto = Buffered)",
             Proxy::Tokio => "tokio current_thread (8 KiB)",
             Proxy::UringSplice => "uringio io_uring Splice",
-            Proxy::EpollBuffered => "uringio epoll Buffered",
+            Proxy::EpollSplice => "uringio epoll Splice",
+            Proxy::UringOwned => "uringio io_uring, own buffers only",
             Proxy::Tokio64k => "tokio current_thread, 64 KiB bufs",
+            Proxy::RawUring => "bare io_uring, no runtime (floor)",
+            Proxy::RawEpoll => "bare epoll, no runtime (floor)",
         }
     }
 
@@ -119,8 +145,11 @@ impl Proxy {
             Proxy::Epoll => "epoll",
             Proxy::Tokio => "tokio",
             Proxy::UringSplice => "uring-splice",
-            Proxy::EpollBuffered => "epoll-buffered",
+            Proxy::EpollSplice => "epoll-splice",
+            Proxy::UringOwned => "uring-owned",
             Proxy::Tokio64k => "tokio-64k",
+            Proxy::RawUring => "raw-uring",
+            Proxy::RawEpoll => "raw-epoll",
         }
     }
 }
@@ -259,11 +288,14 @@ fn start_proxy(kind: Proxy, upstream: SocketAddr) -> Running {
             Proxy::UringSplice => {
                 uringio_proxy(Backend::IoUring, CopyMode::Splice, upstream, ready)
             }
-            Proxy::EpollBuffered => {
-                uringio_proxy(Backend::Epoll, CopyMode::Buffered, upstream, ready)
+            Proxy::EpollSplice => uringio_proxy(Backend::Epoll, CopyMode::Splice, upstream, ready),
+            Proxy::UringOwned => {
+                uringio_proxy_with(Backend::IoUring, CopyMode::Buffered, true, upstream, ready)
             }
             Proxy::Tokio => tokio_proxy(None, upstream, ready),
             Proxy::Tokio64k => tokio_proxy(Some(64 * 1024), upstream, ready),
+            Proxy::RawUring => raw_uring_proxy(upstream, ready),
+            Proxy::RawEpoll => raw_epoll_proxy(upstream, ready),
         },
     )
 }
@@ -271,8 +303,22 @@ fn start_proxy(kind: Proxy, upstream: SocketAddr) -> Running {
 /// The `examples/tcp_proxy` relay on one core: accept, connect to the
 /// upstream, `copy_bidirectional` until both directions end.
 fn uringio_proxy(backend: Backend, mode: CopyMode, upstream: SocketAddr, ready: Ready) {
+    uringio_proxy_with(backend, mode, false, upstream, ready)
+}
+
+/// As [`uringio_proxy`]; `no_ring`: the loop's buffer ring emulated in
+/// user space, so a buffered copy on io_uring reads into its own buffers
+/// (`RECV` per read), as it did before reading from the kernel ring.
+fn uringio_proxy_with(
+    backend: Backend,
+    mode: CopyMode,
+    no_ring: bool,
+    upstream: SocketAddr,
+    ready: Ready,
+) {
     let mut rt = Runner::builder()
         .backend(backend)
+        .emulate_buf_ring(no_ring)
         .build()
         .unwrap_or_else(|e| panic!("cannot build a uringio loop on {backend}: {e}"));
     assert_eq!(rt.backend(), backend);
@@ -350,6 +396,350 @@ fn tokio_proxy(buf: Option<usize>, upstream: SocketAddr, ready: Ready) {
             }
         }
     });
+}
+
+/// How a bare proxy learns to stop: an eventfd it waits on with the
+/// sockets (written by the stop closure from the main thread).
+fn stop_eventfd() -> (std::os::fd::OwnedFd, Box<dyn FnOnce() + Send>) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: eventfd has no memory preconditions.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let w = fd.try_clone().expect("dup eventfd");
+    let stop = move || {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
+        unsafe { libc::write(w.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    };
+    (fd, Box::new(stop))
+}
+
+fn set_nodelay(fd: std::os::fd::RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "TCP_NODELAY");
+}
+
+/// One direction of a bare proxy's connection pair: bytes from `src`
+/// land in `buf[..len]`, `buf[sent..len]` is still to go to `dst`.
+struct RawDir {
+    buf: Box<[u8]>,
+    len: usize,
+    sent: usize,
+    done: bool,
+}
+
+/// A proxied connection of a bare proxy: the client, the upstream, and
+/// one direction each way (0: client → upstream, 1: upstream → client).
+struct RawPair {
+    fds: [std::os::fd::OwnedFd; 2],
+    dirs: [RawDir; 2],
+    /// Ops (io_uring) the kernel still has for this pair.
+    inflight: u32,
+}
+
+impl RawPair {
+    fn new(client: std::os::fd::OwnedFd, up: std::os::fd::OwnedFd) -> Box<RawPair> {
+        let dir = || RawDir {
+            buf: vec![0u8; RAW_BUF].into_boxed_slice(),
+            len: 0,
+            sent: 0,
+            done: false,
+        };
+        Box::new(RawPair {
+            fds: [client, up],
+            dirs: [dir(), dir()],
+            inflight: 0,
+        })
+    }
+}
+
+/// The bare proxies' buffer per direction (the size uringio's copy uses).
+const RAW_BUF: usize = 64 * 1024;
+
+/// The floor a runtime is measured against: the same relay on a bare
+/// io_uring, no runtime, no tasks, no wakers, no allocation per message.
+/// Per connection pair and direction one `RECV` into the direction's
+/// 64 KiB buffer, then `SEND`s of what it got until all is sent, then the
+/// next `RECV`; end of stream shuts the other side's write half down.
+/// Every SQE queued in an iteration is submitted, and completions waited
+/// for, in one `io_uring_enter` (`SINGLE_ISSUER | DEFER_TASKRUN`, as
+/// uringio's ring). Connecting upstream is a blocking `connect` (done
+/// before the measured window).
+fn raw_uring_proxy(upstream: SocketAddr, ready: Ready) {
+    use io_uring::{IoUring, opcode, squeue, types};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const ACCEPT: u64 = 0;
+    const STOP: u64 = 1;
+    const RECV: u64 = 2;
+    const SEND: u64 = 3;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    let (stopfd, stop) = stop_eventfd();
+    let mut ring: IoUring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(1024)
+        .expect("io_uring");
+    // Pairs live in a slab of boxes; one is freed only once the kernel
+    // has none of its ops, so every buffer an SQE names outlives the op.
+    let mut pairs: Slab<Box<RawPair>> = Slab::new();
+    let mut stop_buf = [0u8; 8];
+    let ud = |kind: u64, pair: usize, dir: usize| kind | (dir as u64) << 2 | (pair as u64) << 3;
+    let recv = |i: usize, d: usize, p: &mut RawPair| {
+        let dir = &mut p.dirs[d];
+        p.inflight += 1;
+        opcode::Recv::new(
+            types::Fd(p.fds[d].as_raw_fd()),
+            dir.buf.as_mut_ptr(),
+            RAW_BUF as u32,
+        )
+        .build()
+        .user_data(ud(RECV, i, d))
+    };
+    let send = |i: usize, d: usize, p: &mut RawPair| {
+        let dir = &p.dirs[d];
+        p.inflight += 1;
+        opcode::Send::new(
+            types::Fd(p.fds[1 - d].as_raw_fd()),
+            dir.buf[dir.sent..dir.len].as_ptr(),
+            (dir.len - dir.sent) as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(ud(SEND, i, d))
+    };
+    let accept = || {
+        opcode::Accept::new(
+            types::Fd(listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .build()
+        .user_data(ACCEPT)
+    };
+    let mut queue: Vec<squeue::Entry> = vec![
+        accept(),
+        opcode::Read::new(types::Fd(stopfd.as_raw_fd()), stop_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(STOP),
+    ];
+    ready.send((addr, stop)).expect("main thread gone");
+    let mut done: Vec<(u64, i32)> = Vec::with_capacity(1024);
+    'run: loop {
+        for e in queue.drain(..) {
+            // SAFETY: every SQE points into a pair's boxed buffers, freed
+            // only when no op of the pair is in flight (above), or into
+            // `stop_buf`, which outlives the ring (dropped first below).
+            while unsafe { ring.submission().push(&e) }.is_err() {
+                ring.submit().expect("submit");
+            }
+        }
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => panic!("io_uring_enter: {e}"),
+        }
+        done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for (u, res) in done.drain(..) {
+            let (kind, d, i) = (u & 3, (u >> 2 & 1) as usize, (u >> 3) as usize);
+            match kind {
+                STOP => break 'run,
+                ACCEPT => {
+                    queue.push(accept());
+                    if res < 0 {
+                        continue;
+                    }
+                    // SAFETY: a new descriptor the kernel gave us.
+                    let client = unsafe { OwnedFd::from_raw_fd(res) };
+                    let Ok(up) = std::net::TcpStream::connect(upstream) else {
+                        continue;
+                    };
+                    let up = OwnedFd::from(up);
+                    set_nodelay(client.as_raw_fd());
+                    set_nodelay(up.as_raw_fd());
+                    let e = pairs.vacant_entry();
+                    let i = e.key();
+                    let p = e.insert(RawPair::new(client, up));
+                    queue.push(recv(i, 0, p));
+                    queue.push(recv(i, 1, p));
+                }
+                _ => {
+                    let p = &mut pairs[i];
+                    p.inflight -= 1;
+                    let dir = &mut p.dirs[d];
+                    if kind == RECV && res > 0 {
+                        dir.len = res as usize;
+                        dir.sent = 0;
+                        queue.push(send(i, d, p));
+                    } else if kind == SEND && res > 0 {
+                        dir.sent += res as usize;
+                        if dir.sent < dir.len {
+                            queue.push(send(i, d, p));
+                        } else {
+                            queue.push(recv(i, d, p));
+                        }
+                    } else {
+                        // End of stream or an error: FIN the other way.
+                        dir.done = true;
+                        // SAFETY: shutdown on a socket we own.
+                        unsafe { libc::shutdown(p.fds[1 - d].as_raw_fd(), libc::SHUT_WR) };
+                        if p.dirs.iter().all(|d| d.done) && p.inflight == 0 {
+                            pairs.remove(i);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Cancels and waits for everything in flight, then the buffers go.
+    drop(ring);
+    drop(pairs);
+    drop(listener);
+}
+
+/// The same floor on a bare edge-triggered epoll: non-blocking sockets,
+/// one `epoll_wait` per iteration; on an edge, each direction from that
+/// socket `recv`s into its 64 KiB buffer and `send`s it on until the
+/// source says `EAGAIN` (or the destination does: then it waits for the
+/// destination's writable edge before reading more). Accepting and
+/// connecting upstream are blocking calls on a readable listener (before
+/// the measured window).
+fn raw_epoll_proxy(upstream: SocketAddr, ready: Ready) {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    const LISTENER: u64 = u64::MAX;
+    const STOP: u64 = u64::MAX - 1;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("local_addr");
+    let (stopfd, stop) = stop_eventfd();
+    // SAFETY: epoll_create1 has no memory preconditions.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(ep >= 0, "epoll_create1");
+    // SAFETY: `ep` is the new epoll descriptor, owned from here on.
+    let ep = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ep) };
+    let add = |fd: i32, token: u64, events: u32| {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: valid descriptors and event struct.
+        let r = unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        assert_eq!(r, 0, "epoll_ctl");
+    };
+    add(listener.as_raw_fd(), LISTENER, libc::EPOLLIN as u32);
+    add(stopfd.as_raw_fd(), STOP, libc::EPOLLIN as u32);
+    ready.send((addr, stop)).expect("main thread gone");
+    let mut pairs: Slab<Box<RawPair>> = Slab::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    // Moves what it can in direction `d` of `p`; true when the pair is
+    // finished (both directions ended).
+    fn pump(p: &mut RawPair, d: usize) -> bool {
+        let (src, dst) = (p.fds[d].as_raw_fd(), p.fds[1 - d].as_raw_fd());
+        let dir = &mut p.dirs[d];
+        while !dir.done {
+            if dir.sent == dir.len {
+                // SAFETY: recv into our own buffer.
+                let n = unsafe { libc::recv(src, dir.buf.as_mut_ptr().cast(), RAW_BUF, 0) };
+                if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+                {
+                    break;
+                }
+                if n <= 0 {
+                    dir.done = true;
+                    // SAFETY: shutdown on a socket we own.
+                    unsafe { libc::shutdown(dst, libc::SHUT_WR) };
+                    break;
+                }
+                dir.len = n as usize;
+                dir.sent = 0;
+            }
+            // SAFETY: send from initialised bytes of our own buffer.
+            let n = unsafe {
+                libc::send(
+                    dst,
+                    dir.buf[dir.sent..].as_ptr().cast(),
+                    dir.len - dir.sent,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock {
+                    break;
+                }
+                dir.done = true;
+                break;
+            }
+            dir.sent += n as usize;
+        }
+        p.dirs.iter().all(|d| d.done)
+    }
+    'run: loop {
+        // SAFETY: `events` is a valid array of that many entries.
+        let n = unsafe {
+            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1)
+        };
+        if n < 0 {
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EINTR)
+            );
+            continue;
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            match token {
+                STOP => break 'run,
+                LISTENER => {
+                    while let Ok((client, _)) = listener.accept() {
+                        let Ok(up) = std::net::TcpStream::connect(upstream) else {
+                            continue;
+                        };
+                        client.set_nonblocking(true).expect("nonblocking");
+                        up.set_nonblocking(true).expect("nonblocking");
+                        let (client, up) = (OwnedFd::from(client), OwnedFd::from(up));
+                        set_nodelay(client.as_raw_fd());
+                        set_nodelay(up.as_raw_fd());
+                        let i = pairs.insert(RawPair::new(client, up));
+                        let et = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET)
+                            as u32;
+                        for s in 0..2 {
+                            add(pairs[i].fds[s].as_raw_fd(), (i as u64) << 1 | s as u64, et);
+                        }
+                    }
+                }
+                _ => {
+                    let (i, s) = ((token >> 1) as usize, (token & 1) as usize);
+                    let Some(p) = pairs.get_mut(i) else { continue };
+                    let mut finished = false;
+                    if ev.events
+                        & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR)
+                            as u32
+                        != 0
+                    {
+                        // Readable: the direction from this socket.
+                        finished |= pump(p, s);
+                    }
+                    if ev.events & libc::EPOLLOUT as u32 != 0 {
+                        // Writable: the direction into this socket.
+                        finished |= pump(p, 1 - s);
+                    }
+                    if finished {
+                        // Closing the descriptors takes them out of epoll.
+                        pairs.remove(i);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The echo backend: a uringio io_uring loop, owned-buffer `read` +

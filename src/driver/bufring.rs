@@ -540,6 +540,11 @@ pub(crate) struct Leftover {
     pub(crate) items: VecDeque<RecvItem>,
     /// Dropped receives whose final CQE has not come.
     pub(crate) in_flight: usize,
+    /// Of those, the ones that will put bytes at the *front* (a dropped
+    /// copy's write or pipe: bytes read before everything here). While
+    /// any is pending, readers take nothing, not even what `items`
+    /// already holds (it comes after those bytes).
+    pub(crate) front_pending: usize,
     pub(crate) waker: Option<Waker>,
 }
 

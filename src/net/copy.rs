@@ -15,10 +15,26 @@
 //! that another dropped copy handed back) are taken first, and written
 //! with the buffered path.
 //!
+//! ## Buffered on io_uring: reads from the loop's buffer ring
+//! Where the kernel has provided-buffer rings and multishot receive
+//! (6.0), a buffered direction starts with one multishot `RECV` from the
+//! loop's shared buffer ring (the one `recv_multishot` uses) instead of a
+//! `RECV` SQE per read into its own buffer, and sends each chunk straight
+//! from its ring buffer, which goes back to the ring when the send
+//! completes: one SQE per message instead of two, no poll re-armed per
+//! read. While a send is in flight it takes what the source sends next
+//! (at most `MAX_HELD` chunks held). A chunk that fills its ring buffer
+//! (large reads) or a source that outruns its destination (`MAX_HELD`
+//! chunks held) ends this for the direction: the receive is cancelled,
+//! what it still had goes to the source's leftover (copied out, so the
+//! ring buffers go back at once), and the direction goes on with its own
+//! 64 KiB buffer, as on epoll. So the shared ring holds at most a few
+//! buffers per direction, and bulk transfers keep the 64 KiB reads.
+//!
 //! ## Dropped mid-transfer: what "handed back" means
 //! Each direction holds, at any moment, the bytes it has read from its
-//! source and not yet written: in its buffer (buffered) or its pipe
-//! (spliced), possibly inside an op the kernel still has. When the copy
+//! source and not yet written: in its buffer or ring chunks (buffered)
+//! or its pipe (spliced), possibly inside an op the kernel still has. When the copy
 //! is dropped, those bytes are put back in front of the source socket's
 //! receive queue *in user space* (the socket's leftover, the same place
 //! a dropped `recv_multishot` leaves chunks): the source's next `read` or
@@ -26,9 +42,12 @@
 //! kernel. Ops the kernel still has are cancelled; the source's readers
 //! wait for their final completions, so a write that completed anyway
 //! takes its bytes out of what is handed back, and a read that completed
-//! anyway adds its bytes after them. Pipes are closed once the last op
-//! using them has completed.
+//! anyway adds its bytes after them. Until a write or pipe still in the
+//! kernel has handed its bytes back, readers of the source take nothing
+//! from the leftover (what it holds comes after them). Pipes are closed
+//! once the last op using them has completed.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
@@ -38,26 +57,41 @@ use std::rc::Rc;
 use std::task::{Context, Poll, ready};
 
 use super::{TcpStream, UnixStream};
-use crate::driver::bufring::{RecvItem, RecvLeftover};
+use crate::driver::bufring::{RecvItem, RecvLeftover, RingEntry};
 use crate::driver::op::Op;
-use crate::driver::op::splice::{CopyRead, CopyWrite, HandBack, Pipe, Ready, Splice};
+use crate::driver::op::recv::RecvChunks;
+use crate::driver::op::splice::{
+    CopyRead, CopyWrite, CopyWriteRing, HandBack, Pipe, Ready, Splice,
+};
 
 /// Bytes one read (or splice) asks for.
 const CHUNK: usize = 64 * 1024;
+/// A direction reading from the loop's buffer ring that holds this many
+/// received chunks not yet written (its source outruns its destination)
+/// goes over to an owned buffer.
+const MAX_HELD: usize = 2;
 
 /// How [`copy_bidirectional`] moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CopyMode {
-    /// Spliced through a pipe per direction on epoll (`splice(2)` on
-    /// readiness costs no more system calls than a copy, and no copy);
-    /// owned-buffer copies on io_uring, where a splice SQE always runs
-    /// on an io-wq worker thread (see uring-sys-notes/splice.md).
+    /// [`Buffered`](CopyMode::Buffered) on both backends. Measured
+    /// (`cargo bench --bench proxy`, README): through loopback, splicing
+    /// loses throughput at every size — at 1 KiB a pipe round trip costs
+    /// more than copying the bytes, and at 64 KiB the receiving side
+    /// pays more per message than the copies splice saves — and on
+    /// io_uring a splice SQE always runs on an io-wq worker thread (see
+    /// uring-sys-notes/splice.md). Choose `Splice` to take the copies
+    /// off the proxy's CPU when that CPU, not the peers', is the limit.
     #[default]
     Auto,
     /// Always through pipes with `splice`.
     Splice,
-    /// Always through an owned 64 KiB buffer per direction.
+    /// Copied through user space: an owned 64 KiB buffer per direction;
+    /// on io_uring with provided-buffer rings and multishot receive,
+    /// small reads come from the loop's shared buffer ring and are sent
+    /// straight from it until a direction's reads fill a ring buffer
+    /// (then its own 64 KiB buffer; see the module source).
     Buffered,
 }
 
@@ -168,7 +202,7 @@ pub struct CopyBidirectional<'a> {
     a: Side<'a>,
     b: Side<'a>,
     mode: CopyMode,
-    /// Made at the first poll (the mode depends on the backend).
+    /// Made at the first poll (how bytes move depends on the backend).
     dirs: Option<[Dir; 2]>,
 }
 
@@ -203,16 +237,18 @@ impl Future for CopyBidirectional<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         if this.dirs.is_none() {
-            let uring = crate::driver::with_current(|d| d.is_uring())
+            let driver = crate::driver::current()
                 .expect("copy_bidirectional polled outside a running uringio loop");
-            let splice = match this.mode {
-                CopyMode::Splice => true,
-                CopyMode::Buffered => false,
-                CopyMode::Auto => !uring,
-            };
+            let splice = this.mode == CopyMode::Splice;
+            // Buffered on io_uring: small reads from the loop's kernel
+            // buffer ring (multishot receive), where the kernel has both.
+            let group = (!splice && driver.is_uring() && driver.features.recv_multishot)
+                .then(|| crate::driver::bufring::default_group(&driver).ok())
+                .flatten()
+                .filter(|g| g.is_kernel());
             this.dirs = Some([
-                Dir::new(this.a, this.b, splice),
-                Dir::new(this.b, this.a, splice),
+                Dir::new(this.a, this.b, splice, group.clone()),
+                Dir::new(this.b, this.a, splice, group),
             ]);
         }
         let dirs = this.dirs.as_mut().expect("made above");
@@ -238,6 +274,7 @@ enum Step {
     Idle,
     Read(Op<CopyRead>),
     Write(Op<CopyWrite>),
+    WriteRing(Op<CopyWriteRing>),
     WaitIn(Op<Ready>),
     In(Op<Splice>),
     WaitOut(Op<Ready>),
@@ -259,15 +296,36 @@ struct Dir {
     /// The buffer when no op has it; `buf[pos..]` is still to be written.
     buf: Option<Vec<u8>>,
     pos: usize,
+    /// Buffered on io_uring: the multishot receive from the loop's
+    /// buffer ring while this direction reads from it.
+    chunks: Option<RecvChunks>,
+    /// Chunks received from the ring and not yet written, in order,
+    /// before `buf` (the one being written is in the step).
+    held: VecDeque<RingEntry>,
+    /// What the receive stream said after the chunks in `held`: end of
+    /// stream (`None`) or an error.
+    held_end: Option<Option<io::Error>>,
+    /// The ring receive was given up: chunks it left in the source's
+    /// leftover are copied out so their buffers go back to the ring.
+    unpin: bool,
     step: Step,
     count: u64,
     done: bool,
 }
 
 impl Dir {
-    fn new(src: Side<'_>, dst: Side<'_>, splice: bool) -> Dir {
+    fn new(
+        src: Side<'_>,
+        dst: Side<'_>,
+        splice: bool,
+        group: Option<Rc<crate::driver::bufring::BufGroup>>,
+    ) -> Dir {
         let leftover = src.leftover();
         Dir {
+            chunks: group.map(|g| RecvChunks::new(src.fd(), g, None)),
+            held: VecDeque::new(),
+            held_end: None,
+            unpin: false,
             src: src.fd(),
             dst: dst.fd(),
             dst_sock: dst.fd(),
@@ -307,7 +365,13 @@ impl Dir {
     fn take_leftover(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<bool>>> {
         let mut l = self.leftover.borrow_mut();
         let in_flight = l.in_flight;
-        match l.items.front_mut() {
+        let front = if l.front_pending > 0 {
+            // A dropped copy's write will put bytes before these.
+            None
+        } else {
+            l.items.front_mut()
+        };
+        match front {
             None if in_flight > 0 => {
                 l.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -337,10 +401,71 @@ impl Dir {
         }
     }
 
+    /// Gives the ring receive up: what it still had goes to the source's
+    /// leftover (taken next, after the chunks held here), and chunks
+    /// there are copied out of their ring buffers.
+    fn stop_ring(&mut self) {
+        if let Some(mut rx) = self.chunks.take() {
+            let leftover = self.leftover.clone();
+            rx.abandon(move || leftover);
+            self.unpin = true;
+            self.unpin_leftover();
+        }
+    }
+
+    /// See [`Dir::unpin`].
+    fn unpin_leftover(&mut self) {
+        let mut l = self.leftover.borrow_mut();
+        for item in l.items.iter_mut() {
+            if let RecvItem::Data(e) = item {
+                *item = RecvItem::Bytes(e.as_slice().to_vec());
+            }
+        }
+        if l.in_flight == 0 {
+            self.unpin = false;
+        }
+    }
+
+    /// Takes a chunk from the ring receive into `held`: `Ready(true)` if
+    /// it did, `Ready(false)` at its end or error (kept in `held_end`).
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let Some(rx) = self.chunks.as_mut() else {
+            return Poll::Ready(false);
+        };
+        match ready!(rx.poll_next(cx)) {
+            Some(Ok(e)) => {
+                let full = e.as_slice().len() >= rx.group().size();
+                self.held.push_back(e);
+                if full || self.held.len() >= MAX_HELD {
+                    // Large reads, or a source outrunning its
+                    // destination: an owned 64 KiB buffer from here on.
+                    self.stop_ring();
+                }
+                Poll::Ready(true)
+            }
+            end => {
+                self.held_end = Some(end.and_then(|r| r.err()));
+                self.chunks = None;
+                Poll::Ready(false)
+            }
+        }
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unpin {
+            self.unpin_leftover();
+        }
         loop {
             match &mut self.step {
                 Step::Idle => {
+                    if let Some(e) = self.held.pop_front() {
+                        self.step = Step::WriteRing(Op::new(CopyWriteRing::new(
+                            self.dst,
+                            e,
+                            self.hb.clone(),
+                        )));
+                        continue;
+                    }
                     if self.buf.as_ref().is_some_and(|b| b.len() > self.pos) {
                         self.start_write();
                         continue;
@@ -348,6 +473,11 @@ impl Dir {
                     if self.in_pipe > 0 {
                         self.start_out();
                         continue;
+                    }
+                    match self.held_end.take() {
+                        Some(None) => return Poll::Ready(self.eof()),
+                        Some(Some(e)) => return Poll::Ready(Err(e)),
+                        None => {}
                     }
                     match ready!(self.take_leftover(cx))? {
                         Some(true) => continue,
@@ -360,6 +490,8 @@ impl Dir {
                             self.pipe = Some(Rc::new(Pipe::new(Some(hb))?));
                         }
                         self.step = Step::WaitIn(Op::new(Ready::new(self.src, false)));
+                    } else if self.chunks.is_some() {
+                        ready!(self.poll_chunk(cx));
                     } else {
                         let mut buf = self.buf.take().unwrap_or_default();
                         buf.clear();
@@ -393,6 +525,33 @@ impl Dir {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Poll::Ready(Err(e)),
                     }
+                }
+                Step::WriteRing(op) => {
+                    let Poll::Ready((res, mut e)) = Pin::new(op).poll(cx) else {
+                        // Meanwhile, take what the source sends (a few
+                        // chunks at most, see `poll_chunk`).
+                        while self.held.len() < MAX_HELD
+                            && self.held_end.is_none()
+                            && self.poll_chunk(cx) == Poll::Ready(true)
+                        {}
+                        return Poll::Pending;
+                    };
+                    self.step = Step::Idle;
+                    let r = match res {
+                        Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                        Ok(n) => {
+                            e.consume(n);
+                            self.count += n as u64;
+                            Ok(())
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                        Err(e) => Err(e),
+                    };
+                    if !e.as_slice().is_empty() {
+                        // Written first (or handed back first).
+                        self.held.push_front(e);
+                    }
+                    r?;
                 }
                 Step::WaitIn(op) => {
                     ready!(Pin::new(op).poll(cx))?;
@@ -456,20 +615,42 @@ impl Drop for Dir {
         // Steps still alive hand their bytes back when the kernel is done
         // with them (see the module docs); the readers of the source
         // wait for them meanwhile.
-        if matches!(self.step, Step::Read(_) | Step::Write(_)) {
-            self.hb.arm();
+        match self.step {
+            Step::Read(_) => self.hb.arm(),
+            Step::Write(_) | Step::WriteRing(_) => self.hb.arm_front(),
+            _ => {}
         }
         if let Some(t) = self.pipe.as_ref().and_then(|p| p.token()) {
-            t.arm();
+            t.arm_front();
         }
-        // Bytes read and not written that no op has.
+        // What the ring receive still has goes after everything else.
+        if let Some(mut rx) = self.chunks.take() {
+            let leftover = self.leftover.clone();
+            rx.abandon(move || leftover);
+        }
+        if let Some(end) = self.held_end.take() {
+            self.leftover.borrow_mut().items.push_front(match end {
+                None => RecvItem::Eof,
+                Some(e) => RecvItem::Err(e),
+            });
+        }
+        // Bytes read and not written that no op has: the held chunks
+        // come before the buffer, the op's bytes (handed back when it
+        // is dropped, after this) before both.
+        let mut waker = None;
         if let Some(buf) = self.buf.take() {
             if buf.len() > self.pos {
                 let rest = buf[self.pos..].to_vec();
-                if let Some(w) = crate::driver::bufring::hand_back(&self.leftover, rest, true) {
-                    w.wake();
-                }
+                waker = crate::driver::bufring::hand_back(&self.leftover, rest, true);
             }
+        }
+        while let Some(e) = self.held.pop_back() {
+            let bytes = e.as_slice().to_vec();
+            drop(e);
+            waker = crate::driver::bufring::hand_back(&self.leftover, bytes, true).or(waker);
+        }
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }

@@ -188,7 +188,8 @@ where
                     canceller,
                 } => {
                     let mut l = leftover.borrow_mut();
-                    if let Some(front) = l.items.front_mut() {
+                    let front_pending = l.front_pending > 0;
+                    if let Some(front) = l.items.front_mut().filter(|_| !front_pending) {
                         let mut buf = input.take().expect("read polled after completion");
                         let r = match front {
                             RecvItem::Data(e) => match fill(&mut buf, e.as_slice()) {

@@ -138,7 +138,12 @@ impl RecvChunks {
         // may still add to it, wait.
         if let (None, None, Some(l)) = (self.recv_key, &self.readable, &self.leftover) {
             let mut l = l.borrow_mut();
-            if let Some(item) = l.items.pop_front() {
+            let item = if l.front_pending > 0 {
+                None
+            } else {
+                l.items.pop_front()
+            };
+            if let Some(item) = item {
                 return Poll::Ready(match item {
                     RecvItem::Data(e) => Some(Ok(e)),
                     RecvItem::Bytes(v) => {

@@ -40,7 +40,7 @@ use io_uring::{cqueue, opcode, squeue, types};
 
 use super::{Mode, Op, OpCode};
 use crate::buf::{self, IoBuf};
-use crate::driver::bufring::{RecvLeftover, hand_back};
+use crate::driver::bufring::{RecvLeftover, RingEntry, hand_back};
 use crate::driver::uring::LateResults;
 use crate::driver::{Backends, Driver};
 
@@ -279,6 +279,9 @@ pub(crate) struct HandBack {
 struct HandBackInner {
     leftover: RecvLeftover,
     armed: Cell<bool>,
+    /// Armed for a step that hands back at the front (counted in the
+    /// leftover's `front_pending`).
+    front: Cell<bool>,
 }
 
 impl HandBack {
@@ -287,6 +290,7 @@ impl HandBack {
             inner: Rc::new(HandBackInner {
                 leftover,
                 armed: Cell::new(false),
+                front: Cell::new(false),
             }),
         }
     }
@@ -296,6 +300,17 @@ impl HandBack {
     pub(crate) fn arm(&self) {
         if !self.inner.armed.replace(true) {
             self.inner.leftover.borrow_mut().in_flight += 1;
+        }
+    }
+
+    /// As [`arm`](Self::arm), for a step that will hand its bytes back
+    /// at the front (a write, a pipe): until it does, readers of the
+    /// source take nothing from the leftover (what it holds comes after).
+    pub(crate) fn arm_front(&self) {
+        if !self.inner.armed.get() {
+            self.arm();
+            self.inner.front.set(true);
+            self.inner.leftover.borrow_mut().front_pending += 1;
         }
     }
 
@@ -313,6 +328,9 @@ impl HandBack {
         {
             let mut l = self.inner.leftover.borrow_mut();
             l.in_flight = l.in_flight.saturating_sub(1);
+            if self.inner.front.replace(false) {
+                l.front_pending = l.front_pending.saturating_sub(1);
+            }
         }
         let w = w.or_else(|| self.inner.leftover.borrow_mut().waker.take());
         if let Some(w) = w {
@@ -501,6 +519,84 @@ impl Drop for CopyWrite {
         let from = (self.pos + sent).min(self.buf.len());
         let mut bytes = std::mem::take(&mut self.buf);
         bytes.drain(..from);
+        self.hb.finish(bytes, true);
+    }
+}
+
+/// `send` of a ring buffer's unconsumed bytes, for a copy that received
+/// them with a multishot receive: the buffer goes back to its ring when
+/// the op's data is dropped (after the CQE). Dropped armed, what it did
+/// not send goes to the front of the source's leftover, as
+/// [`CopyWrite`].
+pub(crate) struct CopyWriteRing {
+    fd: RawFd,
+    entry: Option<RingEntry>,
+    hb: HandBack,
+    late: Option<i32>,
+}
+
+impl CopyWriteRing {
+    pub(crate) fn new(fd: RawFd, entry: RingEntry, hb: HandBack) -> CopyWriteRing {
+        CopyWriteRing {
+            fd,
+            entry: Some(entry),
+            hb,
+            late: None,
+        }
+    }
+
+    fn rest(&self) -> (*const u8, usize) {
+        let s = self.entry.as_ref().map_or(&[][..], |e| e.as_slice());
+        (s.as_ptr(), s.len().min(MAX_LEN))
+    }
+}
+
+impl OpCode for CopyWriteRing {
+    type Output = (io::Result<usize>, RingEntry);
+
+    // The SQE points into the group's allocation, which the entry keeps
+    // alive (and out of the ring) wherever the op's data moves.
+    const MOVABLE: bool = true;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        let (p, l) = self.rest();
+        opcode::Send::new(types::Fd(self.fd), p, l as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Writable(self.fd)
+    }
+
+    fn perform(&mut self) -> io::Result<usize> {
+        let (p, l) = self.rest();
+        // SAFETY: initialised bytes of a ring buffer this op holds.
+        cvt(unsafe { super::rw::raw_send(self.fd, p, l) })
+    }
+
+    fn complete(mut self, res: io::Result<usize>, _flags: u32) -> Self::Output {
+        (res, self.entry.take().expect("entry of a send"))
+    }
+
+    fn late_result(&mut self, res: i32) {
+        self.late = Some(res);
+    }
+}
+
+impl Drop for CopyWriteRing {
+    fn drop(&mut self) {
+        let Some(mut e) = self.entry.take() else {
+            return;
+        };
+        if !self.hb.armed() {
+            return;
+        }
+        e.consume(self.late.filter(|&n| n > 0).unwrap_or(0) as usize);
+        let bytes = e.as_slice().to_vec();
+        // The buffer goes back to its ring before the bytes are handed
+        // back (a reader woken by them may want a ring buffer).
+        drop(e);
         self.hb.finish(bytes, true);
     }
 }
