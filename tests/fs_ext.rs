@@ -20,6 +20,14 @@ async fn rw_file(path: &std::path::Path) -> File {
         .unwrap()
 }
 
+/// The tests count the process's open descriptors (`try_clone_and_into_std`)
+/// while others open files: they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn pipe_file() -> (File, std::os::fd::OwnedFd) {
     let (r, w) = nix::unistd::pipe().unwrap();
     (File::from_std(std::fs::File::from(r)), w)
@@ -38,6 +46,7 @@ fn blocks(path: &std::path::Path) -> u64 {
 
 #[test]
 fn fallocate_modes() {
+    let _serial = serial();
     on_both(20, |b| async move {
         let dir = TempDir::new(&format!("fsx-falloc-{b}"));
         let path = dir.path("f");
@@ -140,6 +149,7 @@ fn fallocate_modes() {
 
 #[test]
 fn sync_range_and_fadvise() {
+    let _serial = serial();
     on_both(20, |b| async move {
         let dir = TempDir::new(&format!("fsx-sync-{b}"));
         let path = dir.path("f");
@@ -204,6 +214,7 @@ fn sync_range_and_fadvise() {
 
 #[test]
 fn rwf_flags() {
+    let _serial = serial();
     on_both(20, |b| async move {
         let dir = TempDir::new(&format!("fsx-rwf-{b}"));
         let path = dir.path("f");
@@ -273,6 +284,7 @@ fn rwf_flags() {
 
 #[test]
 fn try_clone_and_into_std() {
+    let _serial = serial();
     on_both(20, |b| async move {
         let dir = TempDir::new(&format!("fsx-clone-{b}"));
         let path = dir.path("f");
@@ -311,6 +323,7 @@ fn try_clone_and_into_std() {
 
 #[test]
 fn read_dir_10000_entries() {
+    let _serial = serial();
     on_both(60, |b| async move {
         let dir = TempDir::new(&format!("fsx-dir-{b}"));
         let n = 10_000;
@@ -374,6 +387,7 @@ fn read_dir_10000_entries() {
 
 #[test]
 fn copy_64_mib() {
+    let _serial = serial();
     on_both(60, |b| async move {
         let dir = TempDir::new(&format!("fsx-copy-{b}"));
         let src = dir.path("src");
@@ -418,6 +432,7 @@ fn copy_64_mib() {
 
 #[test]
 fn openat2_resolve_flags() {
+    let _serial = serial();
     // BENEATH refuses `..` and absolute paths (EXDEV); NO_SYMLINKS refuses a
     // symlink (ELOOP); allowed opens work, with and without O_CREAT (whose
     // mode openat2 takes only with O_CREAT), on both backends.
