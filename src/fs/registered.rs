@@ -21,10 +21,10 @@ use std::rc::{Rc, Weak};
 
 use super::File;
 use crate::BufResult;
-use crate::buf::{IoBuf, IoBufMut};
+use crate::buf::{FixedBuf, IoBuf, IoBufMut};
 use crate::driver::op::FixedFd;
 use crate::driver::op::Op;
-use crate::driver::op::fixed::{Refuse, read_segment, write_segment};
+use crate::driver::op::fixed::{ReadFixed, Refuse, WriteFixed, read_segment, write_segment};
 use crate::driver::op::fs as ops;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
 use crate::driver::{self, Cancellable, Driver};
@@ -201,6 +201,40 @@ impl RegisteredFile {
         });
         Op::new(Refuse::new(
             WriteV::new(self.fd(), bufs, Some(pos), false).fixed(self.fixed()),
+            err,
+        ))
+    }
+
+    /// As [`File::read_fixed_at`], naming the file's slot too: on io_uring
+    /// a `READ_FIXED` with `IOSQE_FIXED_FILE` (fio's `fixedbufs` +
+    /// `registerfiles`), so the kernel neither maps the buffer's pages nor
+    /// takes a file reference per op. Same results and errors.
+    pub fn read_fixed_at(
+        &self,
+        buf: FixedBuf,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, FixedBuf>> + '_ {
+        let err = self
+            .file
+            .misaligned("read_fixed_at", pos, || vec![read_segment(&buf)]);
+        Op::new(Refuse::new(
+            ReadFixed::new(self.fd(), buf, pos).fixed_file(self.fixed()),
+            err,
+        ))
+    }
+
+    /// As [`File::write_fixed_at`], naming the file's slot too (see
+    /// [`read_fixed_at`](Self::read_fixed_at)).
+    pub fn write_fixed_at(
+        &self,
+        buf: FixedBuf,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, FixedBuf>> + '_ {
+        let err = self
+            .file
+            .misaligned("write_fixed_at", pos, || vec![write_segment(&buf)]);
+        Op::new(Refuse::new(
+            WriteFixed::new(self.fd(), buf, pos).fixed_file(self.fixed()),
             err,
         ))
     }

@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, squeue, types};
 
 use super::rw::{MAX_RW, check_offset, no_spare_capacity};
-use super::{Mode, OpCode};
+use super::{FixedFd, Mode, OpCode};
 use crate::buf::{self, FixedBuf, IoBuf};
 use crate::driver::Driver;
 
@@ -36,6 +36,8 @@ pub(crate) struct ReadFixed {
     offset: u64,
     /// The buffer's slot in the ring it runs on (set at submission).
     slot: Option<u16>,
+    /// The file's registered-file slot, if it has one in that ring.
+    file: Option<FixedFd>,
 }
 
 impl ReadFixed {
@@ -48,7 +50,14 @@ impl ReadFixed {
             len: len.min(MAX_RW),
             offset,
             slot: None,
+            file: None,
         }
+    }
+
+    /// Names the file by its registered-file slot on io_uring.
+    pub(crate) fn fixed_file(mut self, file: Option<FixedFd>) -> Self {
+        self.file = file;
+        self
     }
 }
 
@@ -71,14 +80,25 @@ impl OpCode for ReadFixed {
 
     fn bind_fixed(&mut self, driver: &Driver) {
         self.slot = self.buf.slot_on(driver);
+        self.file = FixedFd::on(self.file, driver);
     }
 
     fn sqe(&mut self) -> squeue::Entry {
-        match self.slot {
-            Some(i) => opcode::ReadFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+        match (self.slot, self.file) {
+            (Some(i), Some(f)) => {
+                opcode::ReadFixed::new(types::Fixed(f.slot), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (Some(i), None) => {
+                opcode::ReadFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (None, Some(f)) => opcode::Read::new(types::Fixed(f.slot), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
-            None => opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
+            (None, None) => opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
         }
@@ -117,6 +137,7 @@ pub(crate) struct WriteFixed {
     len: usize,
     offset: u64,
     slot: Option<u16>,
+    file: Option<FixedFd>,
 }
 
 impl WriteFixed {
@@ -129,7 +150,14 @@ impl WriteFixed {
             len: len.min(MAX_RW),
             offset,
             slot: None,
+            file: None,
         }
+    }
+
+    /// Names the file by its registered-file slot on io_uring.
+    pub(crate) fn fixed_file(mut self, file: Option<FixedFd>) -> Self {
+        self.file = file;
+        self
     }
 }
 
@@ -149,14 +177,25 @@ impl OpCode for WriteFixed {
 
     fn bind_fixed(&mut self, driver: &Driver) {
         self.slot = self.buf.slot_on(driver);
+        self.file = FixedFd::on(self.file, driver);
     }
 
     fn sqe(&mut self) -> squeue::Entry {
-        match self.slot {
-            Some(i) => opcode::WriteFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+        match (self.slot, self.file) {
+            (Some(i), Some(f)) => {
+                opcode::WriteFixed::new(types::Fixed(f.slot), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (Some(i), None) => {
+                opcode::WriteFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (None, Some(f)) => opcode::Write::new(types::Fixed(f.slot), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
-            None => opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
+            (None, None) => opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
         }
