@@ -5,11 +5,21 @@
 //! driver, `File::read_at`), and fio's own io_uring engine when `fio` is
 //! installed (skipped otherwise).
 //!
-//! Workloads (buffered, on a file filled with data and read once so it
-//! sits in the page cache):
-//! - `randread`: 4 KiB random reads, 32 in flight;
-//! - `randwrite+fsync`: 4 KiB random writes, 32 in flight, an `fsync`
-//!   after every `FILEIO_FSYNC` (default 32) writes, as fio's `fsync=N`.
+//! Workloads (`FILEIO_WORK`: a comma-separated subset of `randread`,
+//! `direct`, `randwrite`; default all):
+//! - `randread`: buffered 4 KiB random reads, 32 in flight, on a file
+//!   filled with data and read once so it sits in the page cache;
+//! - `direct`: the same reads with `O_DIRECT` (from the device). uringio
+//!   runs four ways on io_uring — `AlignedBuf` + `read_at`, the same with
+//!   each read submitted at once (`driver::eager`), registered buffers
+//!   (`FixedBufPool` + `read_fixed_at`), and both — and once on epoll;
+//!   tokio reads into an aligned window of a heap buffer, monoio likewise
+//!   (a `slice_mut` of a `Vec`); fio with `direct=1`. Skipped (with a
+//!   line saying so) when the file's filesystem refuses O_DIRECT, or with
+//!   `FILEIO_DIRECT=0`;
+//! - `randwrite+fsync`: buffered 4 KiB random writes, 32 in flight, an
+//!   `fsync` after every `FILEIO_FSYNC` (default 32) writes, as fio's
+//!   `fsync=N`.
 //!
 //! uringio registers the file (`File::register`, as fio's
 //! `registerfiles`). fio runs with its best io_uring settings on the same
@@ -30,10 +40,8 @@
 //! `FILEIO_SECS` seconds (default 2); the tables give medians and medians
 //! of per-round ratios. `FILEIO_SIZE` (bytes, default 1 GiB) sizes the
 //! file, `FILEIO_FILE` places it (default in the temp dir; removed at the
-//! end unless `FILEIO_KEEP=1`). `FILEIO_DIRECT=1` asks for the O_DIRECT
-//! rows, which need `buf::AlignedBuf` (not wired in this build: the bench
-//! says so). `FILEIO_QUIET` (seconds, default 3) waits for the machine to
-//! be quiet before each run.
+//! end unless `FILEIO_KEEP=1`). `FILEIO_QUIET` (seconds, default 3) waits
+//! for the machine to be quiet before each run.
 //!
 //! ```text
 //! flock /work/bench.lock cargo bench --bench fileio
@@ -58,6 +66,12 @@ const QD: usize = 32;
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Who {
     Uring,
+    /// O_DIRECT only: each read submitted at once (`driver::eager`).
+    UringEager,
+    /// O_DIRECT only: registered buffers (`read_fixed_at`).
+    UringFixed,
+    /// O_DIRECT only: both.
+    UringFixedEager,
     Epoll,
     Tokio,
     Monoio,
@@ -69,6 +83,9 @@ impl Who {
     fn name(self) -> &'static str {
         match self {
             Who::Uring => "uringio io_uring",
+            Who::UringEager => "uringio io_uring eager",
+            Who::UringFixed => "uringio io_uring fixed bufs",
+            Who::UringFixedEager => "uringio io_uring fixed eager",
             Who::Epoll => "uringio epoll",
             Who::Tokio => "tokio current_thread",
             Who::Monoio => "monoio io_uring",
@@ -81,6 +98,8 @@ impl Who {
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Work {
     RandRead,
+    /// O_DIRECT 4 KiB random reads.
+    DirectRead,
     RandWriteFsync(u64),
 }
 
@@ -88,6 +107,7 @@ impl Work {
     fn label(self) -> String {
         match self {
             Work::RandRead => "buffered 4 KiB randread, qd 32".into(),
+            Work::DirectRead => "O_DIRECT 4 KiB randread, qd 32".into(),
             Work::RandWriteFsync(n) => {
                 format!("buffered 4 KiB randwrite, qd 32, fsync every {n} writes")
             }
@@ -178,9 +198,91 @@ fn finish(ops: u64, wall: Duration, cpu: Duration) -> Run {
 
 fn fsync_of(w: Work) -> Option<u64> {
     match w {
-        Work::RandRead => None,
+        Work::RandRead | Work::DirectRead => None,
         Work::RandWriteFsync(n) => Some(n),
     }
+}
+
+/// A `BS` window of a `2 * BS` heap buffer starting on a `BS` boundary
+/// (O_DIRECT wants the memory aligned too): `(buffer, offset)`.
+fn aligned_window() -> (Vec<u8>, usize) {
+    let v = vec![0u8; 2 * BS];
+    let off = (BS - v.as_ptr() as usize % BS) % BS;
+    (v, off)
+}
+
+/// How uringio reads in the O_DIRECT rows.
+#[derive(Clone, Copy)]
+struct Flavor {
+    fixed: bool,
+    eager: bool,
+}
+
+fn uringio_direct_run(b: Backend, s: &Setup, fl: Flavor) -> Run {
+    use uringio::buf::{AlignedBuf, FixedBufPool};
+    let mut rt = Runner::builder().backend(b).build().expect("uringio loop");
+    rt.run(async {
+        let f = uringio::fs::OpenOptions::new()
+            .read(true)
+            .direct(true)
+            .open(&s.path)
+            .await
+            .expect("open O_DIRECT");
+        let align = f.dio_alignment().expect("O_DIRECT").mem as usize;
+        let f = Rc::new(f.register());
+        let pool = fl.fixed.then(|| {
+            let bufs = (0..QD).map(|_| AlignedBuf::new(BS, align.max(4096)).unwrap());
+            FixedBufPool::from_bufs(bufs).expect("fixed buffers")
+        });
+        let c = Counter::new();
+        let blocks = s.blocks();
+        let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
+        let cpu0 = process_cpu();
+        let t0 = Instant::now();
+        let tasks: Vec<_> = (0..QD as u64)
+            .map(|i| {
+                let (f, c, pool) = (f.clone(), c.clone(), pool.clone());
+                uringio::spawn(async move {
+                    let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    let mut fixed = match &pool {
+                        Some(p) => Some(p.next().await),
+                        None => None,
+                    };
+                    let mut plain = AlignedBuf::new(BS, align).unwrap();
+                    while Instant::now() < deadline {
+                        let pos = (next_rand(&mut x) % blocks) * BS as u64;
+                        let n = if let Some(mut buf) = fixed.take() {
+                            buf.clear();
+                            let op = std::pin::pin!(f.read_fixed_at(buf, pos));
+                            let (res, buf) = if fl.eager {
+                                uringio::driver::eager(op).await
+                            } else {
+                                op.await
+                            };
+                            fixed = Some(buf);
+                            res
+                        } else {
+                            plain.clear();
+                            let op = std::pin::pin!(f.read_at(plain, pos));
+                            let (res, buf) = if fl.eager {
+                                uringio::driver::eager(op).await
+                            } else {
+                                op.await
+                            };
+                            plain = buf;
+                            res
+                        };
+                        assert_eq!(n.expect("uringio O_DIRECT read"), BS);
+                        c.done(None);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        finish(c.ops.get(), t0.elapsed(), process_cpu() - cpu0)
+    })
 }
 
 fn uringio_run(b: Backend, s: &Setup, w: Work) -> Run {
@@ -233,14 +335,17 @@ fn uringio_run(b: Backend, s: &Setup, w: Work) -> Run {
 }
 
 fn tokio_run(s: &Setup, w: Work) -> Run {
+    use std::os::unix::fs::OpenOptionsExt;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let direct = w == Work::DirectRead;
     let file = Arc::new(
         std::fs::OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!direct)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(&s.path)
             .expect("open"),
     );
@@ -259,15 +364,19 @@ fn tokio_run(s: &Setup, w: Work) -> Run {
                         let (f, c) = (file.clone(), c.clone());
                         tokio::task::spawn_local(async move {
                             let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                            let mut buf = vec![0x5a; BS];
+                            // An aligned window for O_DIRECT (harmless
+                            // otherwise).
+                            let (mut buf, off) = aligned_window();
+                            buf.fill(0x5a);
                             while Instant::now() < deadline {
                                 let pos = (next_rand(&mut x) % blocks) * BS as u64;
                                 let f2 = f.clone();
                                 let (n, b) = tokio::task::spawn_blocking(move || {
-                                    let n = if w == Work::RandRead {
-                                        f2.read_at(&mut buf, pos)
+                                    let win = &mut buf[off..off + BS];
+                                    let n = if fsync_of(w).is_some() {
+                                        f2.write_at(win, pos)
                                     } else {
-                                        f2.write_at(&buf, pos)
+                                        f2.read_at(win, pos)
                                     };
                                     (n, buf)
                                 })
@@ -296,14 +405,17 @@ fn tokio_run(s: &Setup, w: Work) -> Run {
 }
 
 fn monoio_run(s: &Setup, w: Work) -> Run {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .enable_timer()
         .build()
         .expect("monoio runtime");
+    let direct = w == Work::DirectRead;
     rt.block_on(async {
         let f = monoio::fs::OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!direct)
+            .custom_flags(if direct { libc::O_DIRECT } else { 0 })
             .open(&s.path)
             .await
             .expect("open");
@@ -323,15 +435,26 @@ fn monoio_run(s: &Setup, w: Work) -> Run {
                     } else {
                         vec![0x5a; BS]
                     };
+                    let (mut window, off) = aligned_window();
                     while Instant::now() < deadline {
                         let pos = (next_rand(&mut x) % blocks) * BS as u64;
-                        let (res, b) = if w == Work::RandRead {
+                        let res = if direct {
+                            // The aligned window of a zeroed Vec (its
+                            // length covers it: set_init stays in bounds).
+                            use monoio::buf::IoBufMut;
+                            let (res, sl) = f.read_at(window.slice_mut(off..off + BS), pos).await;
+                            window = sl.into_inner();
+                            res
+                        } else if w == Work::RandRead {
                             buf.clear();
-                            f.read_at(buf, pos).await
+                            let (res, b) = f.read_at(buf, pos).await;
+                            buf = b;
+                            res
                         } else {
-                            f.write_at(buf, pos).await
+                            let (res, b) = f.write_at(buf, pos).await;
+                            buf = b;
+                            res
                         };
-                        buf = b;
                         assert_eq!(res.expect("monoio op"), BS);
                         if c.done(fsync_of(w)) {
                             f.sync_all().await.expect("fsync");
@@ -364,7 +487,7 @@ fn json_num(s: &str, from: usize, key: &str) -> Option<f64> {
 
 fn fio_run(s: &Setup, w: Work, batch: bool) -> Option<Run> {
     let rw = match w {
-        Work::RandRead => "randread",
+        Work::RandRead | Work::DirectRead => "randread",
         Work::RandWriteFsync(_) => "randwrite",
     };
     let mut cmd = Command::new("fio");
@@ -379,7 +502,11 @@ fn fio_run(s: &Setup, w: Work, batch: bool) -> Option<Run> {
         "--registerfiles",
         "--sqthread_poll=0",
         "--hipri=0",
-        "--direct=0",
+        if w == Work::DirectRead {
+            "--direct=1"
+        } else {
+            "--direct=0"
+        },
         // fio drops the file's page cache before a run by default: the
         // reads would come from the disk (and the next contender's too).
         "--invalidate=0",
@@ -411,7 +538,7 @@ fn fio_run(s: &Setup, w: Work, batch: bool) -> Option<Run> {
         return None;
     }
     let js = String::from_utf8_lossy(&out.stdout);
-    let sec = js.find(if w == Work::RandRead {
+    let sec = js.find(if fsync_of(w).is_none() {
         "\"read\" : {"
     } else {
         "\"write\" : {"
@@ -456,6 +583,16 @@ fn prepare(path: &Path, size: u64) {
     }
 }
 
+/// Whether `path`'s filesystem takes O_DIRECT.
+fn direct_ok(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
+}
+
 fn main() {
     pin_to(0);
     let rounds: usize = env_num("FILEIO_ROUNDS", 5usize).max(1);
@@ -467,12 +604,11 @@ fn main() {
     let path = std::env::var_os("FILEIO_FILE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("uringio-fileio-{size}.bin")));
-    if std::env::var("FILEIO_DIRECT").is_ok_and(|v| v == "1") {
-        println!(
-            "fileio: FILEIO_DIRECT=1: the O_DIRECT rows need buf::AlignedBuf, not in this \
-             build; skipped"
-        );
-    }
+    // FILEIO_WORK: a comma-separated subset of randread, direct, randwrite
+    // (default: all three). FILEIO_DIRECT=0 drops the O_DIRECT rows.
+    let work_env = std::env::var("FILEIO_WORK").unwrap_or_default();
+    let want = |name: &str| work_env.is_empty() || work_env.split(',').any(|w| w.trim() == name);
+    let direct = std::env::var("FILEIO_DIRECT").map_or(true, |v| v != "0") && want("direct");
     let setup = Setup {
         path: path.clone(),
         size,
@@ -487,9 +623,30 @@ fn main() {
         "fileio: {rounds} rounds of {secs} s, file {} MiB, 4 KiB ops, qd 32, CPU 0",
         size >> 20
     );
-    let works = [Work::RandRead, Work::RandWriteFsync(fsync_n)];
+    let mut works = Vec::new();
+    if want("randread") {
+        works.push(Work::RandRead);
+    }
+    if direct {
+        if direct_ok(&path) {
+            works.push(Work::DirectRead);
+        } else {
+            println!(
+                "fileio: {} refuses O_DIRECT (tmpfs?): the O_DIRECT rows are skipped; set \
+                 FILEIO_FILE to a path on a disk filesystem",
+                path.display()
+            );
+        }
+    }
+    if want("randwrite") {
+        works.push(Work::RandWriteFsync(fsync_n));
+    }
     for w in works {
-        let mut who = vec![Who::Uring, Who::Epoll, Who::Tokio, Who::Monoio];
+        let mut who = vec![Who::Uring];
+        if w == Work::DirectRead {
+            who.extend([Who::UringEager, Who::UringFixed, Who::UringFixedEager]);
+        }
+        who.extend([Who::Epoll, Who::Tokio, Who::Monoio]);
         if fio {
             who.extend([Who::Fio, Who::FioBatch]);
         }
@@ -503,8 +660,29 @@ fn main() {
             for i in 0..who.len() {
                 let idx = (i + round) % who.len();
                 wait_for_quiet(quiet);
+                let fl = |fixed, eager| Flavor { fixed, eager };
                 let r = match who[idx] {
+                    _ if w == Work::DirectRead
+                        && matches!(
+                            who[idx],
+                            Who::Uring
+                                | Who::UringEager
+                                | Who::UringFixed
+                                | Who::UringFixedEager
+                                | Who::Epoll
+                        ) =>
+                    {
+                        let (b, fl) = match who[idx] {
+                            Who::Uring => (Backend::IoUring, fl(false, false)),
+                            Who::UringEager => (Backend::IoUring, fl(false, true)),
+                            Who::UringFixed => (Backend::IoUring, fl(true, false)),
+                            Who::UringFixedEager => (Backend::IoUring, fl(true, true)),
+                            _ => (Backend::Epoll, fl(false, false)),
+                        };
+                        Some(uringio_direct_run(b, &setup, fl))
+                    }
                     Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w)),
+                    Who::UringEager | Who::UringFixed | Who::UringFixedEager => unreachable!(),
                     Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w)),
                     Who::Tokio => Some(tokio_run(&setup, w)),
                     Who::Monoio => Some(monoio_run(&setup, w)),
@@ -592,8 +770,28 @@ fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
         ("uringio io_uring ÷ tokio", u, t),
         ("uringio epoll ÷ tokio", e, t),
     ];
+    let opt = |x: Who| pos(x).map(|i| &runs[i][..]);
+    if let Some(ue) = opt(Who::UringEager) {
+        pairs.push(("uringio eager ÷ uringio default", ue, u));
+    }
+    if let (Some(uf), Some(ufe)) = (opt(Who::UringFixed), opt(Who::UringFixedEager)) {
+        pairs.push(("uringio fixed eager ÷ uringio fixed", ufe, uf));
+    }
     if pos(Who::Fio).is_some() {
         pairs.push(("uringio io_uring ÷ fio best", u, &fio_best));
+        for x in [Who::UringEager, Who::UringFixed, Who::UringFixedEager] {
+            if let Some(r) = opt(x) {
+                pairs.push((
+                    match x {
+                        Who::UringEager => "uringio eager ÷ fio best",
+                        Who::UringFixed => "uringio fixed bufs ÷ fio best",
+                        _ => "uringio fixed eager ÷ fio best",
+                    },
+                    r,
+                    &fio_best,
+                ));
+            }
+        }
         pairs.push(("monoio ÷ fio best", m, &fio_best));
     }
     for (label, a, b) in pairs {
