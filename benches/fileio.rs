@@ -10,9 +10,12 @@
 //! - `randread`: buffered 4 KiB random reads, 32 in flight, on a file
 //!   filled with data and read once so it sits in the page cache;
 //! - `direct`: the same reads with `O_DIRECT` (from the device). uringio
-//!   runs four ways on io_uring — `AlignedBuf` + `read_at`, the same with
-//!   each read submitted at once (`driver::eager`), registered buffers
-//!   (`FixedBufPool` + `read_fixed_at`), and both — and once on epoll;
+//!   runs four ways on io_uring — `AlignedBuf` + `read_at`, registered
+//!   buffers (`FixedBufPool` + `read_fixed_at`), and each of those
+//!   "batched*": uringio submits ops on a direct file as soon as they are
+//!   queued, so to measure the loop's default batching (one enter per
+//!   iteration) the file is switched to O_DIRECT by `fcntl` after uringio
+//!   took it, unknown to uringio — and once on epoll;
 //!   tokio reads into an aligned window of a heap buffer, monoio likewise
 //!   (a `slice_mut` of a `Vec`); fio with `direct=1`. Skipped (with a
 //!   line saying so) when the file's filesystem refuses O_DIRECT, or with
@@ -41,7 +44,11 @@
 //! of per-round ratios. `FILEIO_SIZE` (bytes, default 1 GiB) sizes the
 //! file, `FILEIO_FILE` places it (default in the temp dir; removed at the
 //! end unless `FILEIO_KEEP=1`). `FILEIO_QUIET` (seconds, default 3) waits
-//! for the machine to be quiet before each run.
+//! for the machine to be quiet before each run. `FILEIO_FIO` names the fio
+//! binary (default `fio`): fio before 3.38 issues several syncs in a row
+//! for `fsync=N` (it keeps issuing them until one completes), 3.38 and
+//! later exactly one per N writes issued, as the in-process contenders do
+//! (one per N writes completed); the bench prints which.
 //!
 //! ```text
 //! flock /work/bench.lock cargo bench --bench fileio
@@ -66,12 +73,12 @@ const QD: usize = 32;
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Who {
     Uring,
-    /// O_DIRECT only: each read submitted at once (`driver::eager`).
-    UringEager,
+    /// O_DIRECT only: reads batched per loop iteration (see `Flavor`).
+    UringBatched,
     /// O_DIRECT only: registered buffers (`read_fixed_at`).
     UringFixed,
     /// O_DIRECT only: both.
-    UringFixedEager,
+    UringFixedBatched,
     Epoll,
     Tokio,
     Monoio,
@@ -83,9 +90,9 @@ impl Who {
     fn name(self) -> &'static str {
         match self {
             Who::Uring => "uringio io_uring",
-            Who::UringEager => "uringio io_uring eager",
+            Who::UringBatched => "uringio io_uring batched*",
             Who::UringFixed => "uringio io_uring fixed bufs",
-            Who::UringFixedEager => "uringio io_uring fixed eager",
+            Who::UringFixedBatched => "uringio fixed bufs batched*",
             Who::Epoll => "uringio epoll",
             Who::Tokio => "tokio current_thread",
             Who::Monoio => "monoio io_uring",
@@ -214,21 +221,47 @@ fn aligned_window() -> (Vec<u8>, usize) {
 /// How uringio reads in the O_DIRECT rows.
 #[derive(Clone, Copy)]
 struct Flavor {
+    /// Registered buffers (`FixedBufPool` + `read_fixed_at`).
     fixed: bool,
-    eager: bool,
+    /// uringio submits ops on an O_DIRECT file as soon as they are queued
+    /// (one enter each). To measure the loop's default for other files
+    /// (every op of an iteration in one enter at its end), the file is
+    /// opened without O_DIRECT, handed to uringio, and only then switched
+    /// to O_DIRECT with `fcntl(F_SETFL)`: the kernel reads directly, but
+    /// uringio does not know the file is direct.
+    batched: bool,
+}
+
+/// Opens `path` for O_DIRECT reads, known to uringio (`direct(true)`) or
+/// switched behind its back (`hidden`, see `Flavor::batched`).
+async fn open_direct(path: &Path, hidden: bool) -> uringio::fs::File {
+    if !hidden {
+        return uringio::fs::OpenOptions::new()
+            .read(true)
+            .direct(true)
+            .open(path)
+            .await
+            .expect("open O_DIRECT");
+    }
+    use std::os::fd::AsRawFd;
+    let f = uringio::fs::File::from_std(std::fs::File::open(path).expect("open"));
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on an fd we own, with plain integer arguments.
+    let r = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_DIRECT)
+    };
+    assert_eq!(r, 0, "fcntl(F_SETFL, O_DIRECT)");
+    assert!(f.dio_alignment().is_none());
+    f
 }
 
 fn uringio_direct_run(b: Backend, s: &Setup, fl: Flavor) -> Run {
     use uringio::buf::{AlignedBuf, FixedBufPool};
     let mut rt = Runner::builder().backend(b).build().expect("uringio loop");
     rt.run(async {
-        let f = uringio::fs::OpenOptions::new()
-            .read(true)
-            .direct(true)
-            .open(&s.path)
-            .await
-            .expect("open O_DIRECT");
-        let align = f.dio_alignment().expect("O_DIRECT").mem as usize;
+        let f = open_direct(&s.path, fl.batched).await;
+        let align = f.dio_alignment().map_or(4096, |a| a.mem as usize);
         let f = Rc::new(f.register());
         let pool = fl.fixed.then(|| {
             let bufs = (0..QD).map(|_| AlignedBuf::new(BS, align.max(4096)).unwrap());
@@ -253,22 +286,12 @@ fn uringio_direct_run(b: Backend, s: &Setup, fl: Flavor) -> Run {
                         let pos = (next_rand(&mut x) % blocks) * BS as u64;
                         let n = if let Some(mut buf) = fixed.take() {
                             buf.clear();
-                            let op = std::pin::pin!(f.read_fixed_at(buf, pos));
-                            let (res, buf) = if fl.eager {
-                                uringio::driver::eager(op).await
-                            } else {
-                                op.await
-                            };
+                            let (res, buf) = f.read_fixed_at(buf, pos).await;
                             fixed = Some(buf);
                             res
                         } else {
                             plain.clear();
-                            let op = std::pin::pin!(f.read_at(plain, pos));
-                            let (res, buf) = if fl.eager {
-                                uringio::driver::eager(op).await
-                            } else {
-                                op.await
-                            };
+                            let (res, buf) = f.read_at(plain, pos).await;
                             plain = buf;
                             res
                         };
@@ -470,11 +493,17 @@ fn monoio_run(s: &Setup, w: Work) -> Run {
     })
 }
 
-fn fio_installed() -> bool {
-    Command::new("fio")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+/// The fio binary: `FILEIO_FIO`, default `fio` from `PATH`.
+fn fio_bin() -> String {
+    std::env::var("FILEIO_FIO").unwrap_or_else(|_| "fio".into())
+}
+
+/// fio's version string, if it runs.
+fn fio_version() -> Option<String> {
+    let o = Command::new(fio_bin()).arg("--version").output().ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// The number after `"key" :` following `from` in fio's JSON.
@@ -490,7 +519,7 @@ fn fio_run(s: &Setup, w: Work, batch: bool) -> Option<Run> {
         Work::RandRead | Work::DirectRead => "randread",
         Work::RandWriteFsync(_) => "randwrite",
     };
-    let mut cmd = Command::new("fio");
+    let mut cmd = Command::new(fio_bin());
     cmd.args([
         "--name=fileio",
         &format!("--filename={}", s.path.display()),
@@ -583,6 +612,14 @@ fn prepare(path: &Path, size: u64) {
     }
 }
 
+/// `fio-3.33` → true (older than 3.38).
+fn old_fio_sync(v: &str) -> bool {
+    let v = v.trim_start_matches("fio-");
+    let mut it = v.split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
+    let (maj, min) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    (maj, min) < (3, 38)
+}
+
 /// Whether `path`'s filesystem takes O_DIRECT.
 fn direct_ok(path: &Path) -> bool {
     use std::os::unix::fs::OpenOptionsExt;
@@ -615,9 +652,23 @@ fn main() {
         secs,
     };
     prepare(&path, size);
-    let fio = fio_installed();
-    if !fio {
-        println!("fileio: `fio` is not installed: its rows are skipped");
+    let fio_ver = fio_version();
+    let fio = fio_ver.is_some();
+    match &fio_ver {
+        None => println!("fileio: `{}` does not run: its rows are skipped", fio_bin()),
+        Some(v) => {
+            println!("fileio: fio is {} ({})", v, fio_bin());
+            // fio before 3.38 (commit 704a8cfe) keeps issuing syncs while
+            // io_issues[WRITE] % N == 0 until a sync completes: several in
+            // a row per N writes, not one.
+            if fsync_n > 1 && old_fio_sync(v) {
+                println!(
+                    "fileio: note: this fio is older than 3.38: its fsync=N issues several syncs in a \
+                     row per N writes (the in-process contenders issue one); set FILEIO_FIO to fio \
+                     >= 3.38 for the same workload"
+                );
+            }
+        }
     }
     println!(
         "fileio: {rounds} rounds of {secs} s, file {} MiB, 4 KiB ops, qd 32, CPU 0",
@@ -644,7 +695,7 @@ fn main() {
     for w in works {
         let mut who = vec![Who::Uring];
         if w == Work::DirectRead {
-            who.extend([Who::UringEager, Who::UringFixed, Who::UringFixedEager]);
+            who.extend([Who::UringBatched, Who::UringFixed, Who::UringFixedBatched]);
         }
         who.extend([Who::Epoll, Who::Tokio, Who::Monoio]);
         if fio {
@@ -660,29 +711,29 @@ fn main() {
             for i in 0..who.len() {
                 let idx = (i + round) % who.len();
                 wait_for_quiet(quiet);
-                let fl = |fixed, eager| Flavor { fixed, eager };
+                let fl = |fixed, batched| Flavor { fixed, batched };
                 let r = match who[idx] {
                     _ if w == Work::DirectRead
                         && matches!(
                             who[idx],
                             Who::Uring
-                                | Who::UringEager
+                                | Who::UringBatched
                                 | Who::UringFixed
-                                | Who::UringFixedEager
+                                | Who::UringFixedBatched
                                 | Who::Epoll
                         ) =>
                     {
                         let (b, fl) = match who[idx] {
                             Who::Uring => (Backend::IoUring, fl(false, false)),
-                            Who::UringEager => (Backend::IoUring, fl(false, true)),
+                            Who::UringBatched => (Backend::IoUring, fl(false, true)),
                             Who::UringFixed => (Backend::IoUring, fl(true, false)),
-                            Who::UringFixedEager => (Backend::IoUring, fl(true, true)),
+                            Who::UringFixedBatched => (Backend::IoUring, fl(true, true)),
                             _ => (Backend::Epoll, fl(false, false)),
                         };
                         Some(uringio_direct_run(b, &setup, fl))
                     }
                     Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w)),
-                    Who::UringEager | Who::UringFixed | Who::UringFixedEager => unreachable!(),
+                    Who::UringBatched | Who::UringFixed | Who::UringFixedBatched => unreachable!(),
                     Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w)),
                     Who::Tokio => Some(tokio_run(&setup, w)),
                     Who::Monoio => Some(monoio_run(&setup, w)),
@@ -771,21 +822,21 @@ fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
         ("uringio epoll ÷ tokio", e, t),
     ];
     let opt = |x: Who| pos(x).map(|i| &runs[i][..]);
-    if let Some(ue) = opt(Who::UringEager) {
-        pairs.push(("uringio eager ÷ uringio default", ue, u));
+    if let Some(ub) = opt(Who::UringBatched) {
+        pairs.push(("uringio (direct: eager) ÷ batched*", u, ub));
     }
-    if let (Some(uf), Some(ufe)) = (opt(Who::UringFixed), opt(Who::UringFixedEager)) {
-        pairs.push(("uringio fixed eager ÷ uringio fixed", ufe, uf));
+    if let (Some(uf), Some(ufb)) = (opt(Who::UringFixed), opt(Who::UringFixedBatched)) {
+        pairs.push(("uringio fixed bufs ÷ fixed batched*", uf, ufb));
     }
     if pos(Who::Fio).is_some() {
         pairs.push(("uringio io_uring ÷ fio best", u, &fio_best));
-        for x in [Who::UringEager, Who::UringFixed, Who::UringFixedEager] {
+        for x in [Who::UringFixed, Who::UringBatched, Who::UringFixedBatched] {
             if let Some(r) = opt(x) {
                 pairs.push((
                     match x {
-                        Who::UringEager => "uringio eager ÷ fio best",
                         Who::UringFixed => "uringio fixed bufs ÷ fio best",
-                        _ => "uringio fixed eager ÷ fio best",
+                        Who::UringBatched => "uringio batched* ÷ fio best",
+                        _ => "uringio fixed batched* ÷ fio best",
                     },
                     r,
                     &fio_best,
