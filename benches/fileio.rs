@@ -79,6 +79,8 @@ enum Who {
     UringFixed,
     /// O_DIRECT only: both.
     UringFixedBatched,
+    /// randwrite only: every Nth write linked to its fsync.
+    UringLinked,
     Epoll,
     Tokio,
     Monoio,
@@ -93,6 +95,7 @@ impl Who {
             Who::UringBatched => "uringio io_uring batched*",
             Who::UringFixed => "uringio io_uring fixed bufs",
             Who::UringFixedBatched => "uringio fixed bufs batched*",
+            Who::UringLinked => "uringio io_uring linked w+fsync",
             Who::Epoll => "uringio epoll",
             Who::Tokio => "tokio current_thread",
             Who::Monoio => "monoio io_uring",
@@ -172,6 +175,8 @@ fn next_rand(x: &mut u64) -> u64 {
 struct Counter {
     ops: Cell<u64>,
     writes: Cell<u64>,
+    /// Writes issued (the linked variant counts here).
+    issued: Cell<u64>,
 }
 
 impl Counter {
@@ -179,6 +184,7 @@ impl Counter {
         Rc::new(Counter {
             ops: Cell::new(0),
             writes: Cell::new(0),
+            issued: Cell::new(0),
         })
     }
 
@@ -308,7 +314,9 @@ fn uringio_direct_run(b: Backend, s: &Setup, fl: Flavor) -> Run {
     })
 }
 
-fn uringio_run(b: Backend, s: &Setup, w: Work) -> Run {
+/// `linked`: every Nth write (counted when issued, as fio does) is a
+/// `write_at_sync`: the write and an `fsync` linked in one submission.
+fn uringio_run(b: Backend, s: &Setup, w: Work, linked: bool) -> Run {
     let mut rt = Runner::builder().backend(b).build().expect("uringio loop");
     rt.run(async {
         let f = uringio::fs::OpenOptions::new()
@@ -335,6 +343,23 @@ fn uringio_run(b: Backend, s: &Setup, w: Work) -> Run {
                     };
                     while Instant::now() < deadline {
                         let pos = (next_rand(&mut x) % blocks) * BS as u64;
+                        if linked {
+                            let n = fsync_of(w).expect("linked is for writes");
+                            let issued = c.issued.get() + 1;
+                            c.issued.set(issued);
+                            let (res, b) = if issued % n == 0 {
+                                let ((res, b), sync) =
+                                    f.write_at_sync(buf, pos, uringio::fs::SyncKind::All).await;
+                                sync.expect("linked fsync");
+                                (res, b)
+                            } else {
+                                f.write_at(buf, pos).await
+                            };
+                            buf = b;
+                            assert_eq!(res.expect("uringio write"), BS);
+                            c.done(None);
+                            continue;
+                        }
                         let (res, b) = if w == Work::RandRead {
                             buf.clear();
                             f.read_at(buf, pos).await
@@ -697,6 +722,9 @@ fn main() {
         if w == Work::DirectRead {
             who.extend([Who::UringBatched, Who::UringFixed, Who::UringFixedBatched]);
         }
+        if fsync_of(w).is_some() {
+            who.push(Who::UringLinked);
+        }
         who.extend([Who::Epoll, Who::Tokio, Who::Monoio]);
         if fio {
             who.extend([Who::Fio, Who::FioBatch]);
@@ -732,9 +760,10 @@ fn main() {
                         };
                         Some(uringio_direct_run(b, &setup, fl))
                     }
-                    Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w)),
+                    Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w, false)),
+                    Who::UringLinked => Some(uringio_run(Backend::IoUring, &setup, w, true)),
                     Who::UringBatched | Who::UringFixed | Who::UringFixedBatched => unreachable!(),
-                    Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w)),
+                    Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w, false)),
                     Who::Tokio => Some(tokio_run(&setup, w)),
                     Who::Monoio => Some(monoio_run(&setup, w)),
                     Who::Fio => fio_run(&setup, w, false),
@@ -822,6 +851,9 @@ fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
         ("uringio epoll ÷ tokio", e, t),
     ];
     let opt = |x: Who| pos(x).map(|i| &runs[i][..]);
+    if let Some(ul) = opt(Who::UringLinked) {
+        pairs.push(("uringio linked ÷ uringio", ul, u));
+    }
     if let Some(ub) = opt(Who::UringBatched) {
         pairs.push(("uringio (direct: eager) ÷ batched*", u, ub));
     }
@@ -830,12 +862,18 @@ fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
     }
     if pos(Who::Fio).is_some() {
         pairs.push(("uringio io_uring ÷ fio best", u, &fio_best));
-        for x in [Who::UringFixed, Who::UringBatched, Who::UringFixedBatched] {
+        for x in [
+            Who::UringFixed,
+            Who::UringBatched,
+            Who::UringFixedBatched,
+            Who::UringLinked,
+        ] {
             if let Some(r) = opt(x) {
                 pairs.push((
                     match x {
                         Who::UringFixed => "uringio fixed bufs ÷ fio best",
                         Who::UringBatched => "uringio batched* ÷ fio best",
+                        Who::UringLinked => "uringio linked ÷ fio best",
                         _ => "uringio fixed batched* ÷ fio best",
                     },
                     r,
