@@ -209,7 +209,10 @@ impl File {
         let err = self.misaligned("read_fixed_at", pos, || vec![read_segment(&buf)]);
         crate::driver::op::link::eager_if(
             self.eager(),
-            Op::new(Refuse::new(ReadFixed::new(self.raw(), buf, pos), err)),
+            Op::new(Refuse::new(
+                ReadFixed::new(self.raw(), buf, pos).nowait(self.buffered()),
+                err,
+            )),
         )
     }
 

@@ -241,7 +241,9 @@ impl RegisteredFile {
         eager_if(
             self.file.eager(),
             Op::new(Refuse::new(
-                ReadFixed::new(self.fd(), buf, pos).fixed_file(self.fixed()),
+                ReadFixed::new(self.fd(), buf, pos)
+                    .fixed_file(self.fixed())
+                    .nowait(self.file.buffered()),
                 err,
             )),
         )

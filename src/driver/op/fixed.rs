@@ -38,6 +38,11 @@ pub(crate) struct ReadFixed {
     slot: Option<u16>,
     /// The file's registered-file slot, if it has one in that ring.
     file: Option<FixedFd>,
+    /// A buffered (not `O_DIRECT`) file: on epoll, first try
+    /// `preadv2(RWF_NOWAIT)` on the loop thread (as `rw::Read`).
+    nowait: bool,
+    /// Bytes that attempt read (the pool reads the rest).
+    pre: usize,
 }
 
 impl ReadFixed {
@@ -51,12 +56,21 @@ impl ReadFixed {
             offset,
             slot: None,
             file: None,
+            nowait: false,
+            pre: 0,
         }
     }
 
     /// Names the file by its registered-file slot on io_uring.
     pub(crate) fn fixed_file(mut self, file: Option<FixedFd>) -> Self {
         self.file = file;
+        self
+    }
+
+    /// Marks a read from a buffered (not `O_DIRECT`) file: the epoll
+    /// backend may serve it from the page cache on the loop thread.
+    pub(crate) fn nowait(mut self, on: bool) -> Self {
+        self.nowait = on;
         self
     }
 }
@@ -108,7 +122,61 @@ impl OpCode for ReadFixed {
         Mode::Blocking
     }
 
+    fn tries_nonblocking(&self) -> bool {
+        self.nowait
+    }
+
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        if !self.nowait {
+            return None;
+        }
+        let iov = libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        };
+        // SAFETY: the iovec describes the buffer's spare capacity, owned by
+        // this op; RWF_NOWAIT returns EAGAIN rather than wait for I/O.
+        let r = unsafe {
+            libc::preadv2(
+                self.fd,
+                &iov,
+                1,
+                self.offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        match r {
+            // Part of it was cached (or the end of the file is near): the
+            // pool reads the rest, as one pread would have.
+            n if n > 0 && (n as usize) < self.len => {
+                self.pre = n as usize;
+                None
+            }
+            // All of it, or end of file at the offset.
+            n if n >= 0 => Some(Ok(n as usize)),
+            // EAGAIN (not cached), EOPNOTSUPP or any error: the pool's
+            // plain pread gives the answer.
+            _ => None,
+        }
+    }
+
     fn perform(&mut self) -> io::Result<usize> {
+        let pre = self.pre;
+        if pre > 0 {
+            // SAFETY: the rest of the buffer's spare capacity, owned by
+            // this op for the duration.
+            let r = unsafe {
+                libc::pread(
+                    self.fd,
+                    self.ptr.add(pre).cast(),
+                    self.len - pre,
+                    (self.offset + pre as u64) as libc::off_t,
+                )
+            };
+            // An error after some bytes were read reports those bytes, as
+            // a single pread would.
+            return Ok(pre + cvt(r).unwrap_or(0));
+        }
         // SAFETY: ptr/len describe the buffer's spare capacity, owned by
         // this op for the duration.
         cvt(unsafe {
@@ -255,6 +323,14 @@ impl<T: OpCode> OpCode for Refuse<T> {
 
     fn bind_fixed(&mut self, driver: &Driver) {
         self.op.bind_fixed(driver)
+    }
+
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        self.op.try_nonblocking()
+    }
+
+    fn tries_nonblocking(&self) -> bool {
+        self.op.tries_nonblocking()
     }
 
     fn check(&self) -> io::Result<()> {
