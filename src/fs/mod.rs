@@ -135,7 +135,7 @@ impl OpenOptions {
     /// On io_uring, reads and writes on a direct file are submitted to the
     /// kernel as soon as they are first polled (as if wrapped in
     /// [`driver::eager`](crate::driver::eager)), not with the rest of the
-    /// loop iteration's ops: the device starts on each at once (about 1.2×
+    /// loop iteration's ops: the device starts on each at once (1.04–1.2×
     /// the IOPS for 4 KiB random reads at queue depth 32 on a virtio disk,
     /// benches/fileio.rs). Results are the same; only the timing of the
     /// `io_uring_enter` calls changes.
@@ -248,7 +248,7 @@ impl File {
     /// rest of the loop iteration's ops. A direct request goes to the
     /// device at once, so the sooner it is submitted the sooner the device
     /// works on it: measured on a virtio disk, 4 KiB random reads at
-    /// queue depth 32 went ~1.2× faster (benches/fileio.rs). Buffered ops
+    /// queue depth 32 went 1.04–1.2× faster (benches/fileio.rs). Buffered ops
     /// mostly finish inside the submission (page cache), where one enter
     /// for many ops is what wins.
     pub(super) fn eager(&self) -> bool {
