@@ -5,7 +5,7 @@
 //! cargo run --release --example fio -- FILE [--rw randread|randwrite|read|write]
 //!     [--bs 4k] [--qd 32] [--secs 10] [--size 1g] [--fsync N]
 //!     [--backend auto|io_uring|epoll] [--cpu N] [--no-register]
-//!     [--direct] [--fixed]
+//!     [--direct] [--fixed] [--eager]
 //! ```
 //! - Creates `FILE` (or extends it) to `--size` with non-zero data if it is
 //!   missing or smaller, then runs `--qd` tasks, each issuing one op at a
@@ -16,10 +16,20 @@
 //! - The file is registered with the ring (`File::register`) unless
 //!   `--no-register`, as fio's `registerfiles`.
 //! - `--cpu N` pins the loop's thread to CPU `N`.
-//! - `--direct` / `--fixed` (O_DIRECT with aligned buffers, registered
-//!   buffers) need `buf::AlignedBuf` / `buf::FixedBufPool`, which this
-//!   build does not have yet: they are refused with a clear error (see
-//!   [`Buffers`], where they plug in).
+//! - `--direct`: the run opens the file with `O_DIRECT`
+//!   (`OpenOptions::direct`, fio's `direct=1`) and uses `buf::AlignedBuf`s
+//!   aligned as the file needs (`File::dio_alignment`); `--bs` must be a
+//!   multiple of its offset alignment.
+//! - `--fixed`: registered buffers (fio's `fixedbufs`): one
+//!   `buf::FixedBufPool` of `--qd` buffers, with `read_fixed_at` /
+//!   `write_fixed_at` (`READ_FIXED`/`WRITE_FIXED` on io_uring, plain
+//!   `pread`/`pwrite` on epoll). Works with and without `--direct`.
+//! - `--eager`: each op is submitted as soon as it is queued
+//!   (`driver::eager`, one `io_uring_enter` per op) instead of with the
+//!   rest of the loop iteration's ops in one enter at its end (the
+//!   default); nothing changes on epoll.
+//! - Each task keeps one buffer for the whole run (writes write the same
+//!   data over and over, as fio does).
 //!
 //! Prints a settings line and a result line of `key=value` fields: IOPS,
 //! MB/s (10^6 bytes), CPU time per op over every thread of the process
@@ -34,8 +44,11 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
+use uringio::buf::{AlignedBuf, FixedBuf, FixedBufPool, IoBuf, IoBufMut};
 use uringio::fs::{File, OpenOptions, RegisteredFile};
-use uringio::{Backend, Runner};
+use uringio::{Backend, BufResult, Runner, driver};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Rw {
@@ -78,11 +91,12 @@ struct Args {
     register: bool,
     direct: bool,
     fixed: bool,
+    eager: bool,
 }
 
 const USAGE: &str = "usage: fio FILE [--rw randread|randwrite|read|write] [--bs 4k] [--qd 32] \
 [--secs 10] [--size 1g] [--fsync N] [--backend auto|io_uring|epoll] [--cpu N] [--no-register] \
-[--direct] [--fixed]";
+[--direct] [--fixed] [--eager]";
 
 fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
@@ -133,6 +147,7 @@ fn parse_args(argv: &[String]) -> io::Result<Args> {
         register: true,
         direct: false,
         fixed: false,
+        eager: false,
     };
     let mut it = argv.iter();
     while let Some(arg) = it.next() {
@@ -214,6 +229,7 @@ fn parse_args(argv: &[String]) -> io::Result<Args> {
             "--no-register" => a.register = false,
             "--direct" => a.direct = true,
             "--fixed" => a.fixed = true,
+            "--eager" => a.eager = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -237,49 +253,67 @@ fn parse_args(argv: &[String]) -> io::Result<Args> {
     if a.fsync > 0 && !a.rw.writes() {
         return Err(bad("--fsync needs --rw write or randwrite".into()));
     }
-    if a.direct || a.fixed {
-        Buffers::check(&a)?;
-    }
     Ok(a)
 }
 
-/// Where each op's buffer comes from. Plain `Vec`s today; O_DIRECT needs
-/// aligned buffers (`buf::AlignedBuf`) and `--fixed` registered ones
-/// (`buf::FixedBufPool` + `read_fixed_at`/`write_fixed_at`): once those
-/// exist, they are a variant here, an `open` flag and a branch in
-/// [`one_op`].
+/// Where each task's buffer comes from: a `Vec` (buffered I/O), an
+/// `AlignedBuf` (`--direct`), or a registered pool (`--fixed`, either way).
 enum Buffers {
     Plain,
+    Aligned(usize),
+    Fixed(FixedBufPool),
+}
+
+/// One task's buffer, kept for the whole run.
+enum Buf {
+    Plain(Vec<u8>),
+    Aligned(AlignedBuf),
+    Fixed(FixedBuf),
 }
 
 impl Buffers {
-    fn check(a: &Args) -> io::Result<()> {
-        if a.direct {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "--direct: O_DIRECT needs aligned buffers (buf::AlignedBuf), not in this build yet",
-            ));
-        }
-        if a.fixed {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "--fixed: registered buffers (buf::FixedBufPool) are not in this build yet",
-            ));
-        }
-        Ok(())
+    /// `align`: the memory alignment the file needs (`--direct`).
+    fn new(a: &Args, align: Option<usize>) -> io::Result<Buffers> {
+        Ok(if a.fixed {
+            // Page-aligned at least: right for O_DIRECT everywhere.
+            let al = align.unwrap_or(4096).max(4096);
+            let bufs = (0..a.qd)
+                .map(|_| AlignedBuf::new(a.bs, al))
+                .collect::<io::Result<Vec<_>>>()?;
+            Buffers::Fixed(FixedBufPool::from_bufs(bufs)?)
+        } else if let Some(al) = align {
+            Buffers::Aligned(al)
+        } else {
+            Buffers::Plain
+        })
     }
 
-    fn new(_a: &Args) -> Buffers {
-        Buffers::Plain
+    fn registered(&self) -> bool {
+        matches!(self, Buffers::Fixed(p) if p.is_registered())
     }
 
-    /// A buffer of `bs` bytes: for a read, empty with that capacity; for
-    /// a write, full of data.
-    fn get(&self, bs: usize, write: bool, seed: u64) -> Vec<u8> {
-        match self {
-            Buffers::Plain if write => fill_pattern(bs, seed),
-            Buffers::Plain => Vec::with_capacity(bs),
-        }
+    /// A task's buffer of `bs` bytes: for reads empty, for writes full of
+    /// data.
+    async fn take(&self, bs: usize, write: bool, seed: u64) -> io::Result<Buf> {
+        let data = || fill_pattern(bs, seed);
+        Ok(match self {
+            Buffers::Plain if write => Buf::Plain(data()),
+            Buffers::Plain => Buf::Plain(Vec::with_capacity(bs)),
+            Buffers::Aligned(al) => {
+                let mut b = AlignedBuf::new(bs, *al)?;
+                if write {
+                    b.extend_from_slice(&data())?;
+                }
+                Buf::Aligned(b)
+            }
+            Buffers::Fixed(pool) => {
+                let mut b = pool.next().await;
+                if write {
+                    b.extend_from_slice(&data())?;
+                }
+                Buf::Fixed(b)
+            }
+        })
     }
 }
 
@@ -380,21 +414,74 @@ struct Shared {
     error: RefCell<Option<io::Error>>,
 }
 
-/// One read or write at block `blk`; its byte count.
-async fn one_op(sh: &Shared, blk: u64, seed: u64) -> io::Result<usize> {
-    let bs = sh.args.bs;
-    let pos = blk * bs as u64;
-    let buf = sh.bufs.get(bs, sh.args.rw.writes(), seed);
-    if sh.args.rw.writes() {
-        sh.file.write_all_at(buf, pos).await.map(|()| bs)
+/// One read or write of the task's buffer at block `blk`; gives the
+/// buffer back.
+async fn one_op(sh: &Shared, buf: Buf, blk: u64) -> (io::Result<()>, Buf) {
+    let pos = blk * sh.args.bs as u64;
+    let (f, write) = (&sh.file, sh.args.rw.writes());
+    match buf {
+        Buf::Plain(mut b) => {
+            let (r, b) = if write {
+                submit(sh, f.write_all_at(b, pos)).await
+            } else {
+                b.clear();
+                submit(sh, f.read_exact_at(b, pos)).await
+            };
+            (r, Buf::Plain(b))
+        }
+        Buf::Aligned(mut b) => {
+            let (r, b) = if write {
+                submit(sh, f.write_all_at(b, pos)).await
+            } else {
+                b.clear();
+                submit(sh, f.read_exact_at(b, pos)).await
+            };
+            (r, Buf::Aligned(b))
+        }
+        Buf::Fixed(mut b) => {
+            let want = b.capacity();
+            let (r, b) = if write {
+                submit(sh, f.write_fixed_at(b, pos)).await
+            } else {
+                b.clear();
+                submit(sh, f.read_fixed_at(b, pos)).await
+            };
+            let r = match r {
+                Ok(n) if n == want => Ok(()),
+                Ok(n) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "a short {} at {pos}: {n} of {want} bytes",
+                        sh.args.rw.name()
+                    ),
+                )),
+                Err(e) => Err(e),
+            };
+            (r, Buf::Fixed(b))
+        }
+    }
+}
+
+/// Awaits an op, submitting it at once with `--eager` (`driver::eager`).
+async fn submit<F: Future>(sh: &Shared, op: F) -> F::Output {
+    let op = std::pin::pin!(op);
+    if sh.args.eager {
+        driver::eager(op).await
     } else {
-        sh.file.read_exact_at(buf, pos).await.map(|()| bs)
+        op.await
     }
 }
 
 async fn worker(sh: Rc<Shared>, id: u64) {
     let mut x = (id + 1).wrapping_mul(0x2545_F491_4F6C_DD1D) | 1;
     let deadline = sh.deadline.get().expect("deadline set");
+    let mut buf = match sh.bufs.take(sh.args.bs, sh.args.rw.writes(), x).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            sh.error.borrow_mut().get_or_insert(e);
+            return;
+        }
+    };
     loop {
         let blk = if sh.args.rw.random() {
             x ^= x << 13;
@@ -407,12 +494,13 @@ async fn worker(sh: Rc<Shared>, id: u64) {
             c % sh.blocks
         };
         let t0 = Instant::now();
-        let r = one_op(&sh, blk, x).await;
+        let (r, b) = one_op(&sh, buf.take().expect("the task's buffer"), blk).await;
+        buf = Some(b);
         let t1 = Instant::now();
         match r {
-            Ok(n) => {
+            Ok(()) => {
                 sh.ops.set(sh.ops.get() + 1);
-                sh.bytes.set(sh.bytes.get() + n as u64);
+                sh.bytes.set(sh.bytes.get() + sh.args.bs as u64);
                 sh.hist.borrow_mut().record((t1 - t0).as_nanos() as u64);
             }
             Err(e) => {
@@ -464,6 +552,28 @@ async fn prepare(a: &Args) -> io::Result<Target> {
         }
         f.sync_data().await?;
     }
+    let f = if a.direct {
+        drop(f);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .direct(true)
+            .open(&a.file)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("--direct: open with O_DIRECT: {e}")))?;
+        let al = f.dio_alignment().expect("opened with O_DIRECT");
+        if a.bs % al.offset as usize != 0 {
+            return Err(bad(format!(
+                "--bs: {} is not a multiple of {}, the O_DIRECT offset alignment of {}",
+                a.bs,
+                al.offset,
+                a.file.display()
+            )));
+        }
+        f
+    } else {
+        f
+    };
     Ok(if a.register {
         Target::Registered(f.register())
     } else {
@@ -482,17 +592,38 @@ impl Target {
         matches!(self, Target::Registered(f) if f.is_registered())
     }
 
-    async fn read_exact_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+    fn file(&self) -> &File {
         match self {
-            Target::Registered(f) => f.read_exact_at(buf, pos).await.0,
-            Target::Plain(f) => f.read_exact_at(buf, pos).await.0,
+            Target::Registered(f) => f,
+            Target::Plain(f) => f,
         }
     }
 
-    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> io::Result<()> {
+    async fn read_exact_at<B: IoBufMut>(&self, buf: B, pos: u64) -> BufResult<(), B> {
         match self {
-            Target::Registered(f) => f.write_all_at(buf, pos).await.0,
-            Target::Plain(f) => f.write_all_at(buf, pos).await.0,
+            Target::Registered(f) => f.read_exact_at(buf, pos).await,
+            Target::Plain(f) => f.read_exact_at(buf, pos).await,
+        }
+    }
+
+    async fn write_all_at<B: IoBuf>(&self, buf: B, pos: u64) -> BufResult<(), B> {
+        match self {
+            Target::Registered(f) => f.write_all_at(buf, pos).await,
+            Target::Plain(f) => f.write_all_at(buf, pos).await,
+        }
+    }
+
+    async fn read_fixed_at(&self, buf: FixedBuf, pos: u64) -> BufResult<usize, FixedBuf> {
+        match self {
+            Target::Registered(f) => f.read_fixed_at(buf, pos).await,
+            Target::Plain(f) => f.read_fixed_at(buf, pos).await,
+        }
+    }
+
+    async fn write_fixed_at(&self, buf: FixedBuf, pos: u64) -> BufResult<usize, FixedBuf> {
+        match self {
+            Target::Registered(f) => f.write_fixed_at(buf, pos).await,
+            Target::Plain(f) => f.write_fixed_at(buf, pos).await,
         }
     }
 
@@ -521,8 +652,10 @@ fn run(a: Args) -> io::Result<()> {
     rt.run(async move {
         let file = prepare(&a).await?;
         let blocks = a.size / a.bs as u64;
+        let align = file.file().dio_alignment().map(|al| al.mem as usize);
+        let bufs = Buffers::new(&a, align)?;
         println!(
-            "fio: file={} rw={} bs={} qd={} secs={} size={} fsync={} backend={} registered={} direct={} fixed={}",
+            "fio: file={} rw={} bs={} qd={} secs={} size={} fsync={} backend={} registered={} direct={} fixed={} fixed_registered={} eager={}",
             a.file.display(),
             a.rw.name(),
             a.bs,
@@ -534,8 +667,9 @@ fn run(a: Args) -> io::Result<()> {
             if file.is_registered() { "yes" } else { "no" },
             if a.direct { "yes" } else { "no" },
             if a.fixed { "yes" } else { "no" },
+            if bufs.registered() { "yes" } else { "no" },
+            if a.eager { "yes" } else { "no" },
         );
-        let bufs = Buffers::new(&a);
         let qd = a.qd;
         let secs = a.secs;
         let sh = Rc::new(Shared {

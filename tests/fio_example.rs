@@ -1,9 +1,12 @@
 //! The `fio` example: short runs on each backend (a small file it creates
 //! and fills), the shape of its output, and its errors for bad arguments.
-//! This checks the tool, not the speed.
+//! `--direct`, `--fixed` and `--eager` too (O_DIRECT halves skip with a
+//! visible line where no temp dir takes O_DIRECT). This checks the tool,
+//! not the speed.
 mod common;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::TempDir;
@@ -138,8 +141,7 @@ fn bad_arguments_are_clear_errors() {
         (&[f, "--fsync", "4"], "--fsync needs"),
         (&[f, "--frobnicate"], "unknown option"),
         (&[f, "--cpu", "100000"], "--cpu"),
-        (&[f, "--direct"], "--direct"),
-        (&[f, "--fixed"], "--fixed"),
+        (&[f, "--direct", "--bs"], "--bs needs a value"),
     ];
     for (args, want) in cases {
         let out = Command::new(common::example("fio"))
@@ -156,4 +158,161 @@ fn bad_arguments_are_clear_errors() {
     }
     // Nothing was created by the refused runs.
     assert!(!file.exists());
+}
+
+/// A temp dir whose filesystem takes `O_DIRECT` (tmpfs refuses it before
+/// 6.6): the system temp dir, else cargo's target tmp dir. `None`, with a
+/// visible SKIP line, if neither does.
+fn direct_dir(tag: &str) -> Option<TempDir> {
+    let candidates = [
+        TempDir::new(tag),
+        TempDir(
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("uringio-{tag}-{}", std::process::id())),
+        ),
+    ];
+    for d in candidates {
+        let _ = std::fs::create_dir_all(&d.0);
+        use std::os::unix::fs::OpenOptionsExt;
+        let ok = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(d.path("probe"))
+            .is_ok();
+        if ok {
+            return Some(d);
+        }
+    }
+    eprintln!("SKIP fio_example ({tag}): no temp dir here takes O_DIRECT");
+    None
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+#[test]
+fn fixed_buffers_and_eager_on_both_backends() {
+    // Buffered, with registered buffers: a pool of --qd buffers,
+    // READ_FIXED/WRITE_FIXED on io_uring, plain pread/pwrite on epoll.
+    let dir = TempDir::new("fio-example-fixed");
+    let file = dir.path("data.bin");
+    let f = file.to_str().unwrap();
+    for b in common::backends() {
+        let be = backend_arg(b);
+        for eager in [false, true] {
+            let mut args = vec![
+                f,
+                "--rw",
+                "randread",
+                "--qd",
+                "4",
+                "--secs",
+                "0.3",
+                "--size",
+                "4m",
+                "--fixed",
+                "--backend",
+                be,
+            ];
+            if eager {
+                args.push("--eager");
+            }
+            let m = run_fio(&args);
+            assert_eq!(m["fixed"], "yes", "{m:?}");
+            assert_eq!(m["direct"], "no", "{m:?}");
+            assert_eq!(m["eager"], yes_no(eager), "{m:?}");
+            if b == Backend::Epoll {
+                assert_eq!(m["fixed_registered"], "no", "{m:?}");
+            }
+            assert!(num(&m, "ops") > 0.0, "{m:?}");
+        }
+        let m = run_fio(&[
+            f,
+            "--rw",
+            "write",
+            "--bs",
+            "8k",
+            "--qd",
+            "4",
+            "--secs",
+            "0.3",
+            "--size",
+            "4m",
+            "--fixed",
+            "--fsync",
+            "8",
+            "--backend",
+            be,
+        ]);
+        let ops = num(&m, "ops");
+        assert!(ops > 0.0);
+        assert_eq!(num(&m, "fsyncs"), (ops / 8.0).floor(), "{m:?}");
+    }
+}
+
+#[test]
+fn direct_runs_on_both_backends() {
+    let Some(dir) = direct_dir("fio-example-direct") else {
+        return;
+    };
+    let file = dir.path("data.bin");
+    let f = file.to_str().unwrap();
+    for b in common::backends() {
+        let be = backend_arg(b);
+        let cases: &[&[&str]] = &[
+            &["--rw", "randread"],
+            &["--rw", "randread", "--fixed"],
+            &["--rw", "randread", "--fixed", "--eager"],
+            &["--rw", "randwrite", "--eager", "--fsync", "8"],
+            &["--rw", "randwrite", "--fixed", "--fsync", "8"],
+        ];
+        for extra in cases {
+            let mut args = vec![
+                f,
+                "--qd",
+                "4",
+                "--secs",
+                "0.3",
+                "--size",
+                "4m",
+                "--direct",
+                "--backend",
+                be,
+            ];
+            args.extend_from_slice(extra);
+            let m = run_fio(&args);
+            assert_eq!(m["direct"], "yes", "{args:?}: {m:?}");
+            assert_eq!(m["fixed"], yes_no(extra.contains(&"--fixed")), "{m:?}");
+            assert_eq!(m["eager"], yes_no(extra.contains(&"--eager")), "{m:?}");
+            let ops = num(&m, "ops");
+            assert!(ops > 0.0, "{args:?}: {m:?}");
+            if extra.contains(&"--fsync") {
+                assert_eq!(num(&m, "fsyncs"), (ops / 8.0).floor(), "{m:?}");
+            }
+        }
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 4 << 20);
+        // A block size the file's O_DIRECT alignment does not divide.
+        let out = Command::new(common::example("fio"))
+            .args([
+                f,
+                "--size",
+                "4m",
+                "--direct",
+                "--bs",
+                "1000",
+                "--backend",
+                be,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("fio: error: --bs: 1000 is not a multiple of")
+                && stderr.contains("O_DIRECT"),
+            "{stderr}"
+        );
+    }
 }

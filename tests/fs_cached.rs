@@ -112,3 +112,78 @@ fn a_task_reading_a_cached_file_lets_others_run() {
         );
     });
 }
+
+#[test]
+fn cached_fixed_reads_match_pread() {
+    // `read_fixed_at` on a buffered file: on epoll the page cache serves
+    // it on the loop thread too (RWF_NOWAIT), with pread's results (short
+    // at the end, 0 past it, EBADF on a write-only file); plain and
+    // registered files alike.
+    on_both(20, |b| async move {
+        let dir = TempDir::new(&format!("fcache-fixed-{b}"));
+        let path = dir.path("c.bin");
+        let data = pattern(300_000, 9);
+        std::fs::write(&path, &data).unwrap();
+        let pool = uringio::buf::FixedBufPool::new(2, 65_536).unwrap();
+        let plain = File::open(&path).await.unwrap();
+        let reg = File::open(&path).await.unwrap().register();
+        let before = driver::stats();
+        for (off, want_len) in [
+            (0usize, 65_536usize),
+            (123_457, 65_536),
+            (299_000, 1000),
+            (300_000, 0),
+            (400_000, 0),
+        ] {
+            for which in ["plain", "registered"] {
+                let buf = pool.next().await;
+                let (res, buf) = if which == "plain" {
+                    plain.read_fixed_at(buf, off as u64).await
+                } else {
+                    reg.read_fixed_at(buf, off as u64).await
+                };
+                assert_eq!(res.unwrap(), want_len, "{b} {which} at {off}");
+                assert!(buf[..] == data[off.min(data.len())..][..want_len], "{b}");
+            }
+        }
+        let after = driver::stats();
+        if b == Backend::Epoll {
+            // All but the two reads that cross the end (short: the pool
+            // reads the rest).
+            let n = after.nonblocking_ops - before.nonblocking_ops;
+            assert_eq!(n, 8, "{b}");
+        } else {
+            assert_eq!(after.nonblocking_ops, before.nonblocking_ops);
+        }
+        let h = OpenOptions::new().write(true).open(&path).await.unwrap();
+        let (res, _) = h.read_fixed_at(pool.next().await, 0).await;
+        assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EBADF), "{b}");
+    });
+}
+
+#[test]
+fn cached_read_at_is_served_inline_on_epoll() {
+    // Regression: `read_at` (plain and registered) is wrapped in the
+    // O_DIRECT alignment check; the wrapper must keep the page-cache path.
+    on_both(20, |b| async move {
+        let dir = TempDir::new(&format!("fcache-inline-{b}"));
+        let path = dir.path("c.bin");
+        let data = pattern(65_536, 4);
+        std::fs::write(&path, &data).unwrap();
+        let plain = File::open(&path).await.unwrap();
+        let reg = File::open(&path).await.unwrap().register();
+        let before = driver::stats().nonblocking_ops;
+        for off in [0u64, 4096, 60_000] {
+            let (res, buf) = plain.read_at(Vec::with_capacity(4096), off).await;
+            let want = &data[off as usize..(off as usize + 4096).min(data.len())];
+            assert_eq!(res.unwrap(), want.len());
+            assert!(&buf[..] == want);
+            let (res, buf) = reg.read_at(Vec::with_capacity(4096), off).await;
+            assert_eq!(res.unwrap(), want.len());
+            assert!(&buf[..] == want);
+        }
+        let n = driver::stats().nonblocking_ops - before;
+        let want = if b == Backend::Epoll { 6 } else { 0 };
+        assert_eq!(n, want, "{b}");
+    });
+}

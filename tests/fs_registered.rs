@@ -278,3 +278,69 @@ fn dropped_in_flight_then_closed() {
         fs::remove_file(&path).await.unwrap();
     });
 }
+
+#[test]
+fn fixed_buffers_through_the_slot() {
+    // `RegisteredFile::read_fixed_at`/`write_fixed_at` name both the
+    // buffer's and the file's slot. Proof that the file's slot is named:
+    // after `dup2` makes the fd number refer to another file, ops through
+    // the slot still reach the registered file (io_uring), while plain fd
+    // ops (epoll, or no slot) reach the other one.
+    on_both(20, |b| async move {
+        let dir = TempDir::new(&format!("freg-fixed-{b}"));
+        let (pa, pb) = (dir.path("a.bin"), dir.path("b.bin"));
+        std::fs::write(&pa, pattern(8192, 1)).unwrap();
+        std::fs::write(&pb, pattern(8192, 2)).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pa)
+            .await
+            .unwrap()
+            .register();
+        let pool = uringio::buf::FixedBufPool::new(2, 4096).unwrap();
+        // Before the swap: both reach a.bin.
+        let (res, buf) = f.read_fixed_at(pool.next().await, 4096).await;
+        assert_eq!(res.unwrap(), 4096);
+        assert_eq!(&buf[..], &pattern(8192, 1)[4096..]);
+        drop(buf);
+
+        let other = std::fs::File::open(&pb).unwrap();
+        // SAFETY: plain dup2 onto an fd this test owns (through `f`).
+        let r = unsafe { libc::dup2(other.as_raw_fd(), f.as_raw_fd()) };
+        assert!(r >= 0);
+        let slot = f.is_registered();
+        let (want, name) = if slot {
+            (pattern(8192, 1), "a.bin")
+        } else {
+            (pattern(8192, 2), "b.bin")
+        };
+        let (res, buf) = f.read_fixed_at(pool.next().await, 0).await;
+        assert_eq!(res.unwrap(), 4096);
+        assert!(
+            buf[..] == want[..4096],
+            "{b}: read_fixed_at should read {name}"
+        );
+        drop(buf);
+
+        // A write through the slot lands in a.bin; the fd now names a
+        // read-only b.bin, so without a slot it is EBADF.
+        let mut w = pool.next().await;
+        w.extend_from_slice(&[0xEE; 4096]).unwrap();
+        let (res, w) = f.write_fixed_at(w, 0).await;
+        if slot {
+            assert_eq!(res.unwrap(), 4096);
+            let (res, r) = f.read_fixed_at(pool.next().await, 0).await;
+            assert_eq!(res.unwrap(), 4096);
+            assert!(r.iter().all(|&x| x == 0xEE));
+        } else {
+            assert_eq!(res.unwrap_err().raw_os_error(), Some(libc::EBADF), "{b}");
+        }
+        drop(w);
+        drop(f);
+        drop(other);
+        let a = std::fs::read(&pa).unwrap();
+        assert_eq!(a[0] == 0xEE, slot, "{b}");
+        assert_eq!(std::fs::read(&pb).unwrap(), pattern(8192, 2));
+    });
+}

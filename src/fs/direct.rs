@@ -207,7 +207,13 @@ impl File {
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, FixedBuf>> + '_ {
         let err = self.misaligned("read_fixed_at", pos, || vec![read_segment(&buf)]);
-        Op::new(Refuse::new(ReadFixed::new(self.raw(), buf, pos), err))
+        crate::driver::op::link::eager_if(
+            self.eager(),
+            Op::new(Refuse::new(
+                ReadFixed::new(self.raw(), buf, pos).nowait(self.buffered()),
+                err,
+            )),
+        )
     }
 
     /// Writes `buf`'s data at `pos` (maybe not all), like
@@ -223,7 +229,10 @@ impl File {
         pos: u64,
     ) -> impl Cancellable<Output = BufResult<usize, FixedBuf>> + '_ {
         let err = self.misaligned("write_fixed_at", pos, || vec![write_segment(&buf)]);
-        Op::new(Refuse::new(WriteFixed::new(self.raw(), buf, pos), err))
+        crate::driver::op::link::eager_if(
+            self.eager(),
+            Op::new(Refuse::new(WriteFixed::new(self.raw(), buf, pos), err)),
+        )
     }
 }
 

@@ -281,7 +281,11 @@ impl File {
         if let Some(e) = self.misaligned("read_at_with", pos, || vec![read_segment(&buf)]) {
             return (Err(e), buf);
         }
-        Op::new(fsext::ReadFlags::new(self.raw(), buf, pos, flags.raw())).await
+        crate::driver::op::link::eager_if(
+            self.eager(),
+            Op::new(fsext::ReadFlags::new(self.raw(), buf, pos, flags.raw())),
+        )
+        .await
     }
 
     /// Writes `buf` at `pos` with per-op flags (`pwritev2`): e.g.
@@ -299,7 +303,11 @@ impl File {
         if let Some(e) = self.misaligned("write_at_with", pos, || vec![write_segment(&buf)]) {
             return (Err(e), buf);
         }
-        Op::new(fsext::WriteFlags::new(self.raw(), buf, pos, flags.raw())).await
+        crate::driver::op::link::eager_if(
+            self.eager(),
+            Op::new(fsext::WriteFlags::new(self.raw(), buf, pos, flags.raw())),
+        )
+        .await
     }
 
     /// `sync_file_range(offset, len, flags)`: starts and/or waits for

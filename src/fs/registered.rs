@@ -21,11 +21,12 @@ use std::rc::{Rc, Weak};
 
 use super::File;
 use crate::BufResult;
-use crate::buf::{IoBuf, IoBufMut};
+use crate::buf::{FixedBuf, IoBuf, IoBufMut};
 use crate::driver::op::FixedFd;
 use crate::driver::op::Op;
-use crate::driver::op::fixed::{Refuse, read_segment, write_segment};
+use crate::driver::op::fixed::{ReadFixed, Refuse, WriteFixed, read_segment, write_segment};
 use crate::driver::op::fs as ops;
+use crate::driver::op::link::eager_if;
 use crate::driver::op::rw::{Read, ReadV, Write, WriteV};
 use crate::driver::{self, Cancellable, Driver};
 
@@ -139,12 +140,15 @@ impl RegisteredFile {
         let err = self
             .file
             .misaligned("read_at", pos, || vec![read_segment(&buf)]);
-        Op::new(Refuse::new(
-            Read::new(self.fd(), buf, Some(pos), false)
-                .fixed(self.fixed())
-                .nowait(self.file.buffered()),
-            err,
-        ))
+        eager_if(
+            self.file.eager(),
+            Op::new(Refuse::new(
+                Read::new(self.fd(), buf, Some(pos), false)
+                    .fixed(self.fixed())
+                    .nowait(self.file.buffered()),
+                err,
+            )),
+        )
     }
 
     /// As [`File::read_exact_at`], naming the slot.
@@ -161,10 +165,13 @@ impl RegisteredFile {
         let err = self
             .file
             .misaligned("write_at", pos, || vec![write_segment(&buf)]);
-        Op::new(Refuse::new(
-            Write::new(self.fd(), buf, Some(pos), false).fixed(self.fixed()),
-            err,
-        ))
+        eager_if(
+            self.file.eager(),
+            Op::new(Refuse::new(
+                Write::new(self.fd(), buf, Some(pos), false).fixed(self.fixed()),
+                err,
+            )),
+        )
     }
 
     /// As [`File::write_all_at`], naming the slot.
@@ -172,7 +179,15 @@ impl RegisteredFile {
         if let Some(e) = super::direct::check_write_all(&self.file, &buf, pos) {
             return (Err(e), buf);
         }
-        crate::driver::op::rw::write_all(self.fd(), buf, Some(pos), false, self.fixed()).await
+        crate::driver::op::rw::write_all_eager(
+            self.fd(),
+            buf,
+            Some(pos),
+            false,
+            self.fixed(),
+            self.file.eager(),
+        )
+        .await
     }
 
     /// As [`File::readv_at`], naming the slot.
@@ -184,10 +199,13 @@ impl RegisteredFile {
         let err = self
             .file
             .misaligned("readv_at", pos, || bufs.iter().map(read_segment).collect());
-        Op::new(Refuse::new(
-            ReadV::new(self.fd(), bufs, Some(pos), false).fixed(self.fixed()),
-            err,
-        ))
+        eager_if(
+            self.file.eager(),
+            Op::new(Refuse::new(
+                ReadV::new(self.fd(), bufs, Some(pos), false).fixed(self.fixed()),
+                err,
+            )),
+        )
     }
 
     /// As [`File::writev_at`], naming the slot.
@@ -199,10 +217,55 @@ impl RegisteredFile {
         let err = self.file.misaligned("writev_at", pos, || {
             bufs.iter().map(write_segment).collect()
         });
-        Op::new(Refuse::new(
-            WriteV::new(self.fd(), bufs, Some(pos), false).fixed(self.fixed()),
-            err,
-        ))
+        eager_if(
+            self.file.eager(),
+            Op::new(Refuse::new(
+                WriteV::new(self.fd(), bufs, Some(pos), false).fixed(self.fixed()),
+                err,
+            )),
+        )
+    }
+
+    /// As [`File::read_fixed_at`], naming the file's slot too: on io_uring
+    /// a `READ_FIXED` with `IOSQE_FIXED_FILE` (fio's `fixedbufs` +
+    /// `registerfiles`), so the kernel neither maps the buffer's pages nor
+    /// takes a file reference per op. Same results and errors.
+    pub fn read_fixed_at(
+        &self,
+        buf: FixedBuf,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, FixedBuf>> + '_ {
+        let err = self
+            .file
+            .misaligned("read_fixed_at", pos, || vec![read_segment(&buf)]);
+        eager_if(
+            self.file.eager(),
+            Op::new(Refuse::new(
+                ReadFixed::new(self.fd(), buf, pos)
+                    .fixed_file(self.fixed())
+                    .nowait(self.file.buffered()),
+                err,
+            )),
+        )
+    }
+
+    /// As [`File::write_fixed_at`], naming the file's slot too (see
+    /// [`read_fixed_at`](Self::read_fixed_at)).
+    pub fn write_fixed_at(
+        &self,
+        buf: FixedBuf,
+        pos: u64,
+    ) -> impl Cancellable<Output = BufResult<usize, FixedBuf>> + '_ {
+        let err = self
+            .file
+            .misaligned("write_fixed_at", pos, || vec![write_segment(&buf)]);
+        eager_if(
+            self.file.eager(),
+            Op::new(Refuse::new(
+                WriteFixed::new(self.fd(), buf, pos).fixed_file(self.fixed()),
+                err,
+            )),
+        )
     }
 
     /// As [`File::sync_all`], naming the slot.

@@ -15,7 +15,7 @@ use std::os::fd::RawFd;
 use io_uring::{opcode, squeue, types};
 
 use super::rw::{MAX_RW, check_offset, no_spare_capacity};
-use super::{Mode, OpCode};
+use super::{FixedFd, Mode, OpCode};
 use crate::buf::{self, FixedBuf, IoBuf};
 use crate::driver::Driver;
 
@@ -36,6 +36,13 @@ pub(crate) struct ReadFixed {
     offset: u64,
     /// The buffer's slot in the ring it runs on (set at submission).
     slot: Option<u16>,
+    /// The file's registered-file slot, if it has one in that ring.
+    file: Option<FixedFd>,
+    /// A buffered (not `O_DIRECT`) file: on epoll, first try
+    /// `preadv2(RWF_NOWAIT)` on the loop thread (as `rw::Read`).
+    nowait: bool,
+    /// Bytes that attempt read (the pool reads the rest).
+    pre: usize,
 }
 
 impl ReadFixed {
@@ -48,7 +55,23 @@ impl ReadFixed {
             len: len.min(MAX_RW),
             offset,
             slot: None,
+            file: None,
+            nowait: false,
+            pre: 0,
         }
+    }
+
+    /// Names the file by its registered-file slot on io_uring.
+    pub(crate) fn fixed_file(mut self, file: Option<FixedFd>) -> Self {
+        self.file = file;
+        self
+    }
+
+    /// Marks a read from a buffered (not `O_DIRECT`) file: the epoll
+    /// backend may serve it from the page cache on the loop thread.
+    pub(crate) fn nowait(mut self, on: bool) -> Self {
+        self.nowait = on;
+        self
     }
 }
 
@@ -71,14 +94,25 @@ impl OpCode for ReadFixed {
 
     fn bind_fixed(&mut self, driver: &Driver) {
         self.slot = self.buf.slot_on(driver);
+        self.file = FixedFd::on(self.file, driver);
     }
 
     fn sqe(&mut self) -> squeue::Entry {
-        match self.slot {
-            Some(i) => opcode::ReadFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+        match (self.slot, self.file) {
+            (Some(i), Some(f)) => {
+                opcode::ReadFixed::new(types::Fixed(f.slot), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (Some(i), None) => {
+                opcode::ReadFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (None, Some(f)) => opcode::Read::new(types::Fixed(f.slot), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
-            None => opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
+            (None, None) => opcode::Read::new(types::Fd(self.fd), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
         }
@@ -88,7 +122,61 @@ impl OpCode for ReadFixed {
         Mode::Blocking
     }
 
+    fn tries_nonblocking(&self) -> bool {
+        self.nowait
+    }
+
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        if !self.nowait {
+            return None;
+        }
+        let iov = libc::iovec {
+            iov_base: self.ptr.cast(),
+            iov_len: self.len,
+        };
+        // SAFETY: the iovec describes the buffer's spare capacity, owned by
+        // this op; RWF_NOWAIT returns EAGAIN rather than wait for I/O.
+        let r = unsafe {
+            libc::preadv2(
+                self.fd,
+                &iov,
+                1,
+                self.offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        match r {
+            // Part of it was cached (or the end of the file is near): the
+            // pool reads the rest, as one pread would have.
+            n if n > 0 && (n as usize) < self.len => {
+                self.pre = n as usize;
+                None
+            }
+            // All of it, or end of file at the offset.
+            n if n >= 0 => Some(Ok(n as usize)),
+            // EAGAIN (not cached), EOPNOTSUPP or any error: the pool's
+            // plain pread gives the answer.
+            _ => None,
+        }
+    }
+
     fn perform(&mut self) -> io::Result<usize> {
+        let pre = self.pre;
+        if pre > 0 {
+            // SAFETY: the rest of the buffer's spare capacity, owned by
+            // this op for the duration.
+            let r = unsafe {
+                libc::pread(
+                    self.fd,
+                    self.ptr.add(pre).cast(),
+                    self.len - pre,
+                    (self.offset + pre as u64) as libc::off_t,
+                )
+            };
+            // An error after some bytes were read reports those bytes, as
+            // a single pread would.
+            return Ok(pre + cvt(r).unwrap_or(0));
+        }
         // SAFETY: ptr/len describe the buffer's spare capacity, owned by
         // this op for the duration.
         cvt(unsafe {
@@ -117,6 +205,7 @@ pub(crate) struct WriteFixed {
     len: usize,
     offset: u64,
     slot: Option<u16>,
+    file: Option<FixedFd>,
 }
 
 impl WriteFixed {
@@ -129,7 +218,14 @@ impl WriteFixed {
             len: len.min(MAX_RW),
             offset,
             slot: None,
+            file: None,
         }
+    }
+
+    /// Names the file by its registered-file slot on io_uring.
+    pub(crate) fn fixed_file(mut self, file: Option<FixedFd>) -> Self {
+        self.file = file;
+        self
     }
 }
 
@@ -149,14 +245,25 @@ impl OpCode for WriteFixed {
 
     fn bind_fixed(&mut self, driver: &Driver) {
         self.slot = self.buf.slot_on(driver);
+        self.file = FixedFd::on(self.file, driver);
     }
 
     fn sqe(&mut self) -> squeue::Entry {
-        match self.slot {
-            Some(i) => opcode::WriteFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+        match (self.slot, self.file) {
+            (Some(i), Some(f)) => {
+                opcode::WriteFixed::new(types::Fixed(f.slot), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (Some(i), None) => {
+                opcode::WriteFixed::new(types::Fd(self.fd), self.ptr, self.len as u32, i)
+                    .offset(self.offset)
+                    .build()
+            }
+            (None, Some(f)) => opcode::Write::new(types::Fixed(f.slot), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
-            None => opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
+            (None, None) => opcode::Write::new(types::Fd(self.fd), self.ptr, self.len as u32)
                 .offset(self.offset)
                 .build(),
         }
@@ -216,6 +323,14 @@ impl<T: OpCode> OpCode for Refuse<T> {
 
     fn bind_fixed(&mut self, driver: &Driver) {
         self.op.bind_fixed(driver)
+    }
+
+    fn try_nonblocking(&mut self) -> Option<io::Result<usize>> {
+        self.op.try_nonblocking()
+    }
+
+    fn tries_nonblocking(&self) -> bool {
+        self.op.tries_nonblocking()
     }
 
     fn check(&self) -> io::Result<()> {

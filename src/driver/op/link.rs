@@ -537,6 +537,15 @@ pub fn eager<F: Future>(fut: F) -> Eager<F> {
     }
 }
 
+/// [`eager`] when `on`, else `fut` as it is (same type either way): the
+/// fs layer submits ops on `O_DIRECT` files at once.
+pub(crate) fn eager_if<F: Future>(on: bool, fut: F) -> Eager<F> {
+    Eager {
+        fut,
+        submitted: !on,
+    }
+}
+
 /// The future of [`eager`].
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]

@@ -601,10 +601,23 @@ impl<B: IoBuf> OpCode for WriteV<B> {
 /// (at `offset` and on, or at the fd's position / on the socket).
 pub(crate) async fn write_all<B: IoBuf>(
     fd: RawFd,
+    buf: B,
+    offset: Option<u64>,
+    socket: bool,
+    fixed: Option<FixedFd>,
+) -> crate::buf::BufResult<(), B> {
+    write_all_eager(fd, buf, offset, socket, fixed, false).await
+}
+
+/// As [`write_all`], each write submitted at once when `eager` (see
+/// `link::eager_if`).
+pub(crate) async fn write_all_eager<B: IoBuf>(
+    fd: RawFd,
     mut buf: B,
     offset: Option<u64>,
     socket: bool,
     fixed: Option<FixedFd>,
+    eager: bool,
 ) -> crate::buf::BufResult<(), B> {
     let total = buf.bytes_init();
     if let Some(o) = offset {
@@ -616,8 +629,11 @@ pub(crate) async fn write_all<B: IoBuf>(
     while done < total {
         // Cannot overflow: the whole range fits in i64 (checked above).
         let at = offset.map(|o| o + done as u64);
-        let (res, slice) =
-            super::Op::new(Write::new(fd, buf.slice(done..total), at, socket).fixed(fixed)).await;
+        let (res, slice) = super::link::eager_if(
+            eager,
+            super::Op::new(Write::new(fd, buf.slice(done..total), at, socket).fixed(fixed)),
+        )
+        .await;
         buf = slice.into_inner();
         match res {
             Ok(0) => {

@@ -373,13 +373,31 @@ impl Uring {
 
     /// Hands every queued SQE to the kernel now, in one `io_uring_enter`
     /// that does not wait (`driver::submit`). Returns how many it took.
+    ///
+    /// The enter carries `GETEVENTS` (with a minimum of 0, so it still
+    /// does not wait): with `DEFER_TASKRUN` that also posts the
+    /// completions that arrived meanwhile, so the loop's next wait finds
+    /// them at once instead of sleeping first (fio's submissions do the
+    /// same). With SQPOLL the crate's `submit` (which wakes the poller
+    /// when it sleeps) is used as before.
     pub(crate) fn submit_now(&mut self, stats: &mut Stats) -> io::Result<usize> {
         self.flush();
         if self.ring.submission().is_empty() {
             return Ok(0);
         }
         loop {
-            match self.ring.submit() {
+            let r = if self.sqpoll {
+                self.ring.submit()
+            } else {
+                let n = self.ring.submission().len() as u32;
+                // SAFETY: a plain enter without an argument struct.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .enter::<libc::sigset_t>(n, 0, ENTER_GETEVENTS, None)
+                }
+            };
+            match r {
                 Ok(n) => {
                     stats.enter_calls += 1;
                     stats.sqes_submitted += n as u64;
