@@ -47,7 +47,7 @@ impl Default for Builder {
             sqpoll: None,
             debug: None,
             slow: Duration::from_millis(100),
-            blocking_threads: 16,
+            blocking_threads: 64,
             simulate_failure: None,
             buf_ring: crate::driver::DEFAULT_BUF_RING,
             buf_ring_emulate: false,
@@ -102,7 +102,9 @@ impl Builder {
         self
     }
 
-    /// The most threads the blocking pool starts (default 16).
+    /// The most threads the blocking pool starts (default 64; threads start
+    /// on demand and exit after a while idle). Bounds how many blocking
+    /// file ops (all of them on epoll, `O_DIRECT` ones included) run at once.
     pub fn blocking_threads(mut self, n: usize) -> Builder {
         self.blocking_threads = n.max(1);
         self
