@@ -76,7 +76,7 @@ enum Who {
     Uring,
     /// O_DIRECT only: reads batched per loop iteration (see `Flavor`).
     UringBatched,
-    /// O_DIRECT only: registered buffers (`read_fixed_at`).
+    /// Registered buffers (`read_fixed_at`): O_DIRECT and buffered reads.
     UringFixed,
     /// O_DIRECT only: both.
     UringFixedBatched,
@@ -317,7 +317,7 @@ fn uringio_direct_run(b: Backend, s: &Setup, fl: Flavor) -> Run {
 
 /// `linked`: every Nth write (counted when issued, as fio does) is a
 /// `write_at_sync`: the write and an `fsync` linked in one submission.
-fn uringio_run(b: Backend, s: &Setup, w: Work, linked: bool) -> Run {
+fn uringio_run(b: Backend, s: &Setup, w: Work, linked: bool, fixed: bool) -> Run {
     let mut rt = Runner::builder().backend(b).build().expect("uringio loop");
     rt.run(async {
         let f = uringio::fs::OpenOptions::new()
@@ -327,6 +327,8 @@ fn uringio_run(b: Backend, s: &Setup, w: Work, linked: bool) -> Run {
             .await
             .expect("open");
         let f = Rc::new(f.register());
+        // Registered buffers for reads (`read_fixed_at`), one per task.
+        let pool = fixed.then(|| Rc::new(uringio::buf::FixedBufPool::new(QD, BS).expect("pool")));
         let c = Counter::new();
         let blocks = s.blocks();
         let deadline = Instant::now() + Duration::from_secs_f64(s.secs);
@@ -334,9 +336,22 @@ fn uringio_run(b: Backend, s: &Setup, w: Work, linked: bool) -> Run {
         let t0 = Instant::now();
         let tasks: Vec<_> = (0..QD as u64)
             .map(|i| {
-                let (f, c) = (f.clone(), c.clone());
+                let (f, c, pool) = (f.clone(), c.clone(), pool.clone());
                 uringio::spawn(async move {
                     let mut x = (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    if let Some(pool) = pool {
+                        let mut fb = Some(pool.next().await);
+                        while Instant::now() < deadline {
+                            let pos = (next_rand(&mut x) % blocks) * BS as u64;
+                            let mut b = fb.take().expect("the task's buffer");
+                            b.clear();
+                            let (res, b) = f.read_fixed_at(b, pos).await;
+                            fb = Some(b);
+                            assert_eq!(res.expect("uringio fixed read"), BS);
+                            c.done(None);
+                        }
+                        return;
+                    }
                     let mut buf = if w == Work::RandRead {
                         Vec::with_capacity(BS)
                     } else {
@@ -731,6 +746,9 @@ fn main() {
         if w == Work::DirectRead {
             who.extend([Who::UringBatched, Who::UringFixed, Who::UringFixedBatched]);
         }
+        if w == Work::RandRead {
+            who.push(Who::UringFixed);
+        }
         if fsync_of(w).is_some() {
             who.push(Who::UringLinked);
         }
@@ -769,10 +787,11 @@ fn main() {
                         };
                         Some(uringio_direct_run(b, &setup, fl))
                     }
-                    Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w, false)),
-                    Who::UringLinked => Some(uringio_run(Backend::IoUring, &setup, w, true)),
-                    Who::UringBatched | Who::UringFixed | Who::UringFixedBatched => unreachable!(),
-                    Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w, false)),
+                    Who::Uring => Some(uringio_run(Backend::IoUring, &setup, w, false, false)),
+                    Who::UringLinked => Some(uringio_run(Backend::IoUring, &setup, w, true, false)),
+                    Who::UringFixed => Some(uringio_run(Backend::IoUring, &setup, w, false, true)),
+                    Who::UringBatched | Who::UringFixedBatched => unreachable!(),
+                    Who::Epoll => Some(uringio_run(Backend::Epoll, &setup, w, false, false)),
                     Who::Tokio => Some(tokio_run(&setup, w)),
                     Who::Monoio => Some(monoio_run(&setup, w)),
                     Who::Fio => fio_run(&setup, w, false),
@@ -860,6 +879,10 @@ fn report(w: Work, who: &[Who], runs: &[Vec<Option<Run>>]) {
         ("uringio epoll ÷ tokio", e, t),
     ];
     let opt = |x: Who| pos(x).map(|i| &runs[i][..]);
+    if let Some(uf) = opt(Who::UringFixed) {
+        pairs.push(("uringio fixed bufs ÷ monoio", uf, m));
+        pairs.push(("uringio fixed bufs ÷ tokio", uf, t));
+    }
     if let Some(ul) = opt(Who::UringLinked) {
         pairs.push(("uringio linked ÷ uringio", ul, u));
     }
