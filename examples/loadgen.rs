@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 use uringio::net::TcpStream;
 use uringio::{Backend, Runner};
 
+#[path = "support/histogram.rs"]
+mod histogram;
+use histogram::Histogram;
+
 fn usage() -> ! {
     eprintln!(
         "usage: loadgen echo|http ADDR --conns N --size B --secs S [--rate R] [--server-pid PID] \
@@ -115,62 +119,6 @@ fn parse_args() -> Args {
         rate,
         pid,
         backend,
-    }
-}
-
-/// A log-linear latency histogram in nanoseconds: 64 sub-buckets per
-/// power of two.
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-const SUB: u32 = 6;
-
-impl Histogram {
-    fn new() -> Histogram {
-        Histogram {
-            counts: vec![0; (64 << SUB) as usize],
-            total: 0,
-        }
-    }
-
-    fn index(v: u64) -> usize {
-        if v < (1 << SUB) {
-            return v as usize;
-        }
-        let exp = 63 - v.leading_zeros();
-        let shift = exp - SUB;
-        let mantissa = (v >> shift) & ((1 << SUB) - 1);
-        (((shift + 1) << SUB) as u64 + mantissa) as usize
-    }
-
-    fn value(i: usize) -> u64 {
-        let i = i as u64;
-        if i < (1 << SUB) {
-            return i;
-        }
-        let shift = (i >> SUB) - 1;
-        let mantissa = i & ((1 << SUB) - 1);
-        // The middle of the bucket.
-        (((1 << SUB) | mantissa) << shift) + (1 << shift) / 2
-    }
-
-    fn record(&mut self, ns: u64) {
-        self.counts[Self::index(ns)] += 1;
-        self.total += 1;
-    }
-
-    fn quantile(&self, q: f64) -> u64 {
-        let want = ((self.total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= want {
-                return Self::value(i);
-            }
-        }
-        0
     }
 }
 
